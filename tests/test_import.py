@@ -2,7 +2,7 @@ import subprocess
 import sys
 
 # tqdm is not listed: torch itself imports it.
-HEAVY = ("matplotlib", "tensorboard", "gymnasium", "transformers", "peft", "yaml", "PIL")
+HEAVY = ("matplotlib", "tensorboard", "gymnasium", "transformers", "peft", "PIL")
 
 
 def test_import_is_light():

@@ -1,8 +1,11 @@
 """The ``fastadapt`` command line: a thin layer over the Python API.
 
+    fastadapt train RECIPE [key.sub=value ...] [--run-dir DIR] | --resume RUN_DIR
+    fastadapt eval RUN_DIR_OR_CHECKPOINT [key.sub=value ...]
+    fastadapt recipes [show NAME]
+    fastadapt plot RUN_DIR
+    fastadapt data omniglot [--verify | --download]
     fastadapt --version
-    fastadapt data omniglot --verify [--data-dir DIR] [--cache-dir DIR]
-    fastadapt data omniglot --download [--data-dir DIR]
 """
 
 from __future__ import annotations
@@ -16,7 +19,59 @@ import fastadapt
 DATASETS = ("omniglot",)
 
 
-def _data_command(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace) -> int:
+    from fastadapt.engine.trainer import describe, train
+
+    if args.resume is None and args.recipe is None:
+        raise ValueError("give a recipe to train (see `fastadapt recipes`) or --resume RUN_DIR")
+    result = train(
+        args.recipe, args.overrides, run_dir=args.resume or args.run_dir, resume=args.resume is not None,
+        data_dir=args.data_dir, cache_dir=args.cache_dir, progress=not args.no_progress,
+        tensorboard=args.tensorboard,
+    )
+    if result.test is not None:
+        print(describe(result.test, result.config))
+    print(f"run directory: {result.run_dir} (checkpoint from iteration {result.best_iteration}); "
+          f"plots: fastadapt plot {result.run_dir}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from fastadapt.engine.trainer import describe, evaluate_run
+
+    config, result = evaluate_run(
+        args.path, args.overrides, data_dir=args.data_dir, cache_dir=args.cache_dir, progress=not args.no_progress
+    )
+    print(describe(result, config))
+    return 0
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from fastadapt.recipes import get_recipe, list_recipes
+
+    if args.action == "show":
+        if not args.name:
+            raise ValueError("`fastadapt recipes show` needs a recipe name")
+        print(get_recipe(args.name).to_yaml(), end="")
+        return 0
+    if args.action is not None:
+        raise ValueError(f"unknown recipes action {args.action!r}; use `fastadapt recipes` or `fastadapt recipes show NAME`")
+    for name in list_recipes():
+        config = get_recipe(name)
+        ref = f"{config.reference.accuracy} %" if config.reference.accuracy is not None else "-"
+        print(f"{name:28s} paper {ref:>8s}  {config.description}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from fastadapt.engine.plot import plot_run
+
+    for path in plot_run(args.run_dir):
+        print(path)
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
     from fastadapt.data import omniglot
 
     if args.download:
@@ -27,6 +82,11 @@ def _data_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=None, help="data directory (default: $FASTADAPT_DATA or ~/.cache/fastadapt/data)")
+    parser.add_argument("--cache-dir", default=None, help="decoded-cache directory (default: $FASTADAPT_CACHE or ~/.cache/fastadapt/cache)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastadapt", description="Meta-learning on PyTorch: train, evaluate and inspect few-shot learners."
@@ -34,13 +94,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastadapt {fastadapt.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    train = commands.add_parser("train", help="meta-train a recipe, validate, test")
+    train.add_argument("recipe", nargs="?", help="recipe name (see `fastadapt recipes`)")
+    train.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
+    train.add_argument("--run-dir", default=None, help="run directory (default runs/<recipe>/<time>)")
+    train.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")
+    train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _data_options(train)
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a trained run or checkpoint on the test split")
+    evaluate.add_argument("path", help="run directory or checkpoint file")
+    evaluate.add_argument("overrides", nargs="*", help="e.g. eval_task.ways=20 eval_task.shots=5")
+    evaluate.add_argument("--no-progress", action="store_true")
+    _data_options(evaluate)
+    evaluate.set_defaults(handler=_eval)
+
+    recipes = commands.add_parser("recipes", help="list recipes, or show one resolved")
+    recipes.add_argument("action", nargs="?", help="show")
+    recipes.add_argument("name", nargs="?")
+    recipes.set_defaults(handler=_recipes)
+
+    plot = commands.add_parser("plot", help="write learning-curve PNGs of a run")
+    plot.add_argument("run_dir")
+    plot.set_defaults(handler=_plot)
+
     data = commands.add_parser("data", help="find, verify or download a dataset")
     data.add_argument("dataset", choices=DATASETS, help="dataset name")
     data.add_argument("--verify", action="store_true", help="report what is found: counts, hashes, cache state")
     data.add_argument("--download", action="store_true", help="download the official archives and verify them")
-    data.add_argument("--data-dir", default=None, help="data directory (default: $FASTADAPT_DATA or ~/.cache/fastadapt/data)")
-    data.add_argument("--cache-dir", default=None, help="decoded-cache directory (default: $FASTADAPT_CACHE or ~/.cache/fastadapt/cache)")
-    data.set_defaults(handler=_data_command)
+    _data_options(data)
+    data.set_defaults(handler=_data)
     return parser
 
 
@@ -53,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args))
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError, OSError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError, OSError) as error:
         print(f"fastadapt: error: {error}", file=sys.stderr)
         return 1
 

@@ -1,5 +1,6 @@
-"""Engine: evaluation protocol (and, from the engine issue on, training, checkpoints, logging)."""
+"""Engine: training loop, evaluation protocol, checkpoints, logging, plots."""
 
 from fastadapt.engine.evaluate import EvalResult, Predictor, evaluate
+from fastadapt.engine.trainer import NonFiniteLossError, RunResult, evaluate_run, train
 
-__all__ = ["EvalResult", "Predictor", "evaluate"]
+__all__ = ["EvalResult", "NonFiniteLossError", "Predictor", "RunResult", "evaluate", "evaluate_run", "train"]

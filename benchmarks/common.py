@@ -1,0 +1,62 @@
+"""Shared plumbing of the benchmark scripts: environment facts and JSON rows.
+
+Every benchmark appends one JSON row per measured variant to
+``benchmarks/results/<name>.jsonl`` (commit, torch version, threads, machine,
+config, figures), and ``benchmarks/README.md`` tables are regenerated from rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# glibc keeps freed memory in the process with these (see benchmarks/README.md).
+TUNED_MALLOC = {
+    "MALLOC_MMAP_THRESHOLD_": str(4 * 1024**3),
+    "MALLOC_TRIM_THRESHOLD_": str(16 * 1024**3),
+    "MALLOC_TOP_PAD_": str(1024**3),
+}
+
+
+def commit() -> str:
+    """Short hash of HEAD, with ``+dirty`` when the tree has uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def environment() -> dict[str, Any]:
+    """Facts that qualify every figure."""
+    return {
+        "commit": commit(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "malloc": "tuned" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "default",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def append_row(name: str, row: dict[str, Any]) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    with open(RESULTS / f"{name}.jsonl", "a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def read_rows(name: str) -> list[dict[str, Any]]:
+    path = RESULTS / f"{name}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

@@ -1,0 +1,106 @@
+"""Episode-sampling throughput on real Omniglot, and cold vs cached load time.
+
+    python benchmarks/sampling.py [--data-dir DIR] [--repeats 300]
+
+Runs each variant in a fresh subprocess (default glibc malloc, then malloc tuned to
+keep freed memory), appends JSON rows to ``benchmarks/results/sampling.jsonl`` and
+prints the Markdown table of the latest rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from common import TUNED_MALLOC, append_row, environment, read_rows
+
+CONFIGS = [  # (ways, shots, queries, meta-batch)
+    (5, 1, 15, 32),
+    (20, 5, 5, 32),
+]
+
+
+def measure(data_dir: str | None, repeats: int) -> None:
+    """Child process: time loading and sampling, print one JSON object per figure."""
+    from fastadapt.data.omniglot import load_omniglot
+    from fastadapt.tasks import EpisodeSampler, TaskSpec
+
+    with tempfile.TemporaryDirectory() as cache:
+        start = time.perf_counter()
+        load_omniglot(split="vinyals", partition="train", data_dir=data_dir, cache_dir=cache)
+        cold = time.perf_counter() - start
+        start = time.perf_counter()
+        train = load_omniglot(split="vinyals", partition="train", rotations=True, data_dir=data_dir, cache_dir=cache)
+        cached = time.perf_counter() - start
+    print(json.dumps({"figure": "load", "cold_s": cold, "cached_s": cached}))
+    for ways, shots, queries, batch in CONFIGS:
+        sampler = EpisodeSampler(train, TaskSpec(ways, shots, queries), seed=0)
+        for step in range(5):  # warm-up, builds the rotation table
+            sampler.sample(np.arange(step * batch, (step + 1) * batch))
+        times = []
+        for step in range(repeats):
+            start = time.perf_counter()
+            sampler.sample(np.arange(step * batch, (step + 1) * batch))
+            times.append(time.perf_counter() - start)
+        t = np.array(times)
+        print(json.dumps({
+            "figure": "sampling", "ways": ways, "shots": shots, "queries": queries, "batch": batch,
+            "classes": sampler.num_classes, "episodes_per_s": batch * repeats / t.sum(),
+            "median_ms": 1e3 * float(np.median(t)), "min_ms": 1e3 * float(t.min()), "max_ms": 1e3 * float(t.max()),
+        }))
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| config | malloc | episodes/s | median ms / meta-batch | classes | commit |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        if r["figure"] == "sampling":
+            lines.append(
+                f"| {r['ways']}w{r['shots']}s{r['queries']}q x{r['batch']} | {r['malloc']} | "
+                f"{r['episodes_per_s']:,.0f} | {r['median_ms']:.2f} | {r['classes']} | {r['commit']} |"
+            )
+    lines += ["", "| load | malloc | cold (decode + cache) s | cached s | commit |", "| --- | --- | ---: | ---: | --- |"]
+    for r in rows:
+        if r["figure"] == "load":
+            lines.append(f"| omniglot vinyals/train | {r['malloc']} | {r['cold_s']:.2f} | {r['cached_s']:.3f} | {r['commit']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--repeats", type=int, default=300)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        measure(args.data_dir, args.repeats)
+        return
+    latest = []
+    for malloc in ("default", "tuned"):
+        env = dict(os.environ, **(TUNED_MALLOC if malloc == "tuned" else {}))
+        if malloc == "default":
+            for key in TUNED_MALLOC:
+                env.pop(key, None)
+        cmd = [sys.executable, __file__, "--child", "--repeats", str(args.repeats)]
+        if args.data_dir:
+            cmd += ["--data-dir", args.data_dir]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        facts = environment() | {"malloc": malloc}
+        for line in out.splitlines():
+            row = facts | json.loads(line)
+            append_row("sampling", row)
+            latest.append(row)
+    print(table(latest))
+
+
+if __name__ == "__main__":
+    main()

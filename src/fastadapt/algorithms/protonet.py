@@ -1,0 +1,86 @@
+"""Prototypical Networks (Snell, Swersky & Zemel 2017, arXiv:1703.05175).
+
+Each class is represented by the mean embedding of its support examples (its
+prototype); a query is classified by a softmax over negative distances to the
+prototypes. Squared Euclidean distance (the paper's choice) or cosine
+similarity, optionally scaled by a learnable temperature. There is no inner
+loop: adaptation is computing the prototypes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fastadapt.algorithms.base import MetaOutput, infer_ways, register_algorithm
+from fastadapt.functional import cosine_similarity, prototypes, squared_euclidean
+from fastadapt.tasks.spec import EpisodeBatch
+
+DISTANCES = ("euclidean", "cosine")
+
+
+@register_algorithm("protonet")
+class ProtoNet(nn.Module):
+    """Prototypical Networks around an embedding backbone.
+
+    Args:
+        backbone: maps ``(N, *example_shape)`` to embeddings ``(N, D)``.
+        distance: ``"euclidean"`` (squared) or ``"cosine"``.
+        temperature: initial scale of the logits (``logits = scale * -distance`` or
+            ``scale * cosine``); the paper uses 1 with Euclidean distance.
+        learn_temperature: make the scale a meta-parameter (stored as its logarithm).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        distance: Literal["euclidean", "cosine"] = "euclidean",
+        temperature: float = 1.0,
+        learn_temperature: bool = False,
+    ) -> None:
+        super().__init__()
+        if distance not in DISTANCES:
+            raise ValueError(f"unknown distance {distance!r}; choose one of {DISTANCES}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.backbone, self.distance = backbone, distance
+        log_scale = torch.tensor(math.log(temperature))
+        if learn_temperature:
+            self.log_temperature = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_temperature", log_scale)
+
+    def embed(self, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
+        """Embed all tasks' support and query examples in one backbone call.
+
+        Returns:
+            ``(B, N_s, D)`` and ``(B, N_q, D)``.
+        """
+        tasks, n_support = support_x.shape[:2]
+        x = torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)])  # (B*(N_s+N_q), ...)
+        z = self.backbone(x).flatten(1)  # (B*(N_s+N_q), D)
+        z_support, z_query = z.split([tasks * n_support, z.shape[0] - tasks * n_support])
+        return z_support.view(tasks, n_support, -1), z_query.view(tasks, -1, z.shape[-1])
+
+    def logits(self, z_support: Tensor, support_y: Tensor, z_query: Tensor, ways: int) -> Tensor:
+        """``(B, N_q, ways)`` logits from embeddings ``(B, N_s, D)``, ``(B, N_q, D)``."""
+        protos = prototypes(z_support, support_y, ways)  # (B, ways, D)
+        if self.distance == "euclidean":
+            scores = -squared_euclidean(z_query, protos)
+        else:
+            scores = cosine_similarity(z_query, protos)
+        return scores * self.log_temperature.exp()
+
+    def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
+        z_support, z_query = self.embed(batch.support_x, batch.query_x)
+        logits = self.logits(z_support, batch.support_y, z_query, batch.spec.ways)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
+        return MetaOutput(loss, logits)
+
+    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        z_support, z_query = self.embed(support_x, query_x)
+        return self.logits(z_support, support_y, z_query, infer_ways(support_y))

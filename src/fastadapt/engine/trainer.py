@@ -1,0 +1,323 @@
+"""Meta-training: the loop, validation, checkpoints, resume and the final test.
+
+A run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl``,
+``checkpoints/last.pt`` (everything needed to continue), ``checkpoints/best.pt``
+(weights with the best validation accuracy), ``results.json`` and ``plots/``.
+Meta-batch ``k`` is episodes ``[k*B, (k+1)*B)`` of the training sampler, so a
+resumed run draws exactly the episodes the uninterrupted run would have drawn;
+together with the restored model, optimiser, scheduler and RNG states it reaches
+the same final weights and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from fastadapt.config import Config, apply_overrides
+from fastadapt.engine import build
+from fastadapt.engine.checkpoint import load_checkpoint, save_atomic
+from fastadapt.engine.evaluate import EvalResult, evaluate
+from fastadapt.engine.metrics_log import MetricsLog
+from fastadapt.functional import accuracy
+from fastadapt.recipes import get_recipe
+from fastadapt.tasks.sampler import batch_at
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What ``train`` returns.
+
+    Attributes:
+        run_dir: the run directory.
+        config: the resolved config that ran.
+        test: test-split evaluation of the best checkpoint (``None`` if skipped).
+        best_iteration: iteration of the checkpoint evaluated.
+        best_val: its validation accuracy (``None`` without validation).
+        wall_s: seconds spent in this call.
+    """
+
+    run_dir: Path
+    config: Config
+    test: EvalResult | None
+    best_iteration: int
+    best_val: float | None
+    wall_s: float
+
+
+def resolve_config(recipe: str | Config, overrides: list[str] | None = None) -> Config:
+    """A recipe name or config, with overrides applied and validated."""
+    config = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    config = apply_overrides(config, list(overrides or []))
+    build.validate(config)
+    return config
+
+
+def default_run_dir(config: Config) -> Path:
+    """``runs/<recipe>/<timestamp>``, with a numeric suffix if that exists already."""
+    base = Path("runs") / (config.name.replace("/", "_") or "run") / time.strftime("%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
+
+
+def train(
+    recipe: str | Config | None = None,
+    overrides: list[str] | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    tensorboard: bool = False,
+    evaluate_test: bool = True,
+) -> RunResult:
+    """Meta-train a recipe, validate, keep the best checkpoint, evaluate on the test split.
+
+    Args:
+        recipe: recipe name (``"omniglot/protonet-5w1s"``) or a ``Config``; ignored
+            when resuming (the run's own ``config.yaml`` is used).
+        overrides: ``key.sub=value`` strings (not allowed when resuming).
+        run_dir: where the run is written; default ``runs/<recipe>/<timestamp>``.
+        resume: continue the run in ``run_dir`` from ``checkpoints/last.pt``.
+        data_dir, cache_dir: dataset locations (see ``fastadapt.data.settings``).
+        progress: show a progress bar.
+        tensorboard: also write TensorBoard event files (needs the extra).
+        evaluate_test: run the test protocol at the end.
+    """
+    started = time.perf_counter()
+    if resume:
+        if run_dir is None:
+            raise ValueError("resume needs the run directory to continue")
+        if overrides:
+            raise ValueError(f"a resumed run keeps its own config; drop the overrides {overrides}")
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+        config = Config.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        build.validate(config)
+    else:
+        if recipe is None:
+            raise ValueError("train needs a recipe name or a Config")
+        config = resolve_config(recipe, overrides)
+        run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+        if (run_dir / "checkpoints" / "last.pt").exists():
+            raise FileExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) to continue it")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config.to_yaml())
+    loop = _Loop(config, run_dir, data_dir, cache_dir, tensorboard)
+    try:
+        loop.run(resume=resume, progress=progress)
+    finally:
+        loop.log.close()
+    test = None
+    if evaluate_test:
+        test = loop.test(progress=progress)
+    return RunResult(run_dir, config, test, loop.best_iteration, loop.best_val, time.perf_counter() - started)
+
+
+class _Loop:
+    """State of one training run (kept out of the public API)."""
+
+    def __init__(
+        self, config: Config, run_dir: Path, data_dir: Any, cache_dir: Any, tensorboard: bool
+    ) -> None:
+        if config.train.threads > 0:
+            torch.set_num_threads(config.train.threads)
+        self.config, self.run_dir = config, run_dir
+        self.data_dir, self.cache_dir = data_dir, cache_dir
+        self.model = build.build_model(config)
+        self.optimizer, self.scheduler = build.build_optimizer(config, self.model)
+        self.train_sampler = build.build_sampler(
+            build.load_partition(config, "train", data_dir, cache_dir), config.train_task, config.train.seed
+        )
+        self.val_sampler = None
+        if config.train.val_every > 0:
+            self.val_sampler = build.build_sampler(
+                build.load_partition(config, "val", data_dir, cache_dir), config.eval_task, seed=0
+            )
+        self.log = MetricsLog(run_dir / "metrics.jsonl", run_dir / "tensorboard" if tensorboard else None)
+        self.iteration, self.best_iteration, self.best_val = 0, 0, None
+        self.elapsed = 0.0
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "iteration": self.iteration,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "best_iteration": self.best_iteration,
+            "best_val": self.best_val,
+            "elapsed": self.elapsed,
+        }
+
+    def _restore(self) -> None:
+        state = load_checkpoint(self.checkpoints / "last.pt")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.iteration, self.elapsed = state["iteration"], state["elapsed"]
+        self.best_iteration, self.best_val = state["best_iteration"], state["best_val"]
+        self.log.truncate_after(self.iteration)
+
+    def run(self, resume: bool, progress: bool) -> None:
+        if resume and (self.checkpoints / "last.pt").exists():
+            self._restore()
+        else:
+            self.log.truncate_after(0)
+        total = self.config.train.iterations
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, initial=self.iteration, desc=self.config.name or "train", unit="it")
+        self.model.train()
+        window_start, window_episodes = time.perf_counter(), 0
+        while self.iteration < total:
+            loss, acc = self._step()
+            self.iteration += 1
+            window_episodes += self.config.train_task.batch_size
+            if self.iteration % self.config.train.log_every == 0 or self.iteration == total:
+                now = time.perf_counter()
+                rate = window_episodes / max(now - window_start, 1e-9)
+                self.elapsed += now - window_start
+                window_start, window_episodes = now, 0
+                row = {"iteration": self.iteration, "split": "train", "loss": loss, "accuracy": acc,
+                       "lr": self.optimizer.param_groups[0]["lr"], "episodes_per_s": rate, "elapsed_s": self.elapsed}
+                self.log.log(row)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", eps=f"{rate:.1f}/s")
+            if self.val_sampler is not None and self.iteration % self.config.train.val_every == 0:
+                self._validate(bar)
+            if self.iteration % self.config.train.checkpoint_every == 0 or self.iteration == total:
+                save_atomic(self._state(), self.checkpoints / "last.pt")
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        if self.val_sampler is None or not (self.checkpoints / "best.pt").exists():
+            self._save_best(None)
+
+    def _step(self) -> tuple[float, float]:
+        batch = batch_at(self.train_sampler, self.iteration, self.config.train_task.batch_size)
+        output = self.model.meta_loss(batch)
+        loss = output.loss
+        if not torch.isfinite(loss):
+            last = self.checkpoints / "last.pt"
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at iteration {self.iteration + 1}; stopped, {kept}. "
+                "Lower optim.lr or check the data"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        with torch.no_grad():
+            acc = accuracy(output.logits.detach(), batch.query_y).mean().item()
+        return loss.item(), acc
+
+    def _validate(self, bar: Any) -> None:
+        result = self.evaluate(self.val_sampler, self.config.train.val_episodes)
+        self.model.train()
+        row = {"iteration": self.iteration, "split": "val", "accuracy": result.mean, "ci95": result.ci95, "n": result.n}
+        self.log.log(row)
+        improved = self.best_val is None or result.mean > self.best_val
+        if improved:
+            self._save_best(result.mean)
+        if bar is not None:
+            bar.write(f"[{self.iteration}] validation {result}{'  (best)' if improved else ''}")
+
+    def _save_best(self, val: float | None) -> None:
+        self.best_iteration, self.best_val = self.iteration, val
+        payload = {"config": self.config.to_dict(), "iteration": self.iteration, "model": self.model.state_dict(), "val": val}
+        save_atomic(payload, self.checkpoints / "best.pt")
+
+    def evaluate(self, sampler: Any, episodes: int, progress: bool = False) -> EvalResult:
+        return run_protocol(self.model, sampler, self.config, episodes, progress)
+
+    def test(self, progress: bool) -> EvalResult:
+        best = load_checkpoint(self.checkpoints / "best.pt")
+        self.model.load_state_dict(best["model"])
+        test_sampler = build.build_sampler(
+            build.load_partition(self.config, "test", self.data_dir, self.cache_dir), self.config.eval_task, seed=0
+        )
+        result = self.evaluate(test_sampler, self.config.eval.episodes, progress=progress)
+        write_results(self.run_dir, self.config, result, best["iteration"], self.elapsed)
+        return result
+
+
+def write_results(run_dir: Path, config: Config, result: EvalResult, iteration: int, elapsed: float) -> None:
+    """``results.json``: the test figure beside the paper's."""
+    payload = {
+        "recipe": config.name, "test": result.as_dict(), "checkpoint_iteration": iteration,
+        "train_iterations": config.train.iterations, "train_seconds": elapsed,
+        "reference": {"accuracy": config.reference.accuracy, "ci95": config.reference.ci95, "source": config.reference.source},
+    }
+    tmp = run_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(run_dir / "results.json")
+
+
+def describe(result: EvalResult, config: Config) -> str:
+    """The result line with the paper's figure beside it."""
+    ref = config.reference
+    if ref.accuracy is None:
+        return str(result)
+    ci = f" ± {ref.ci95}" if ref.ci95 is not None else ""
+    return f"{result}   paper: {ref.accuracy}{ci} % ({ref.source})"
+
+
+def load_for_eval(path: str | Path) -> tuple[Config, nn.Module, Path]:
+    """Config and model with trained weights from a run directory or a checkpoint file."""
+    path = Path(path)
+    checkpoint = path / "checkpoints" / "best.pt" if path.is_dir() else path
+    state = load_checkpoint(checkpoint)
+    config = Config.from_dict(state["config"])
+    model = build.build_model(config)
+    model.load_state_dict(state["model"])
+    return config, model, checkpoint
+
+
+def evaluate_run(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[Config, EvalResult]:
+    """Re-evaluate a trained run on the test split, e.g. with other ways/shots (``eval_task.shots=5``)."""
+    config, model, _ = load_for_eval(path)
+    config = apply_overrides(config, list(overrides or []))
+    build.validate(config)
+    sampler = build.build_sampler(build.load_partition(config, "test", data_dir, cache_dir), config.eval_task, seed=0)
+    return config, run_protocol(model, sampler, config, config.eval.episodes, progress)
+
+
+def run_protocol(model: nn.Module, sampler: Any, config: Config, episodes: int, progress: bool) -> EvalResult:
+    """Evaluate ``model`` (in eval mode) on episodes ``0..episodes-1`` of ``sampler``."""
+    model.eval()
+    return evaluate(
+        model.predict, sampler, episodes, batch_size=config.eval_task.batch_size,
+        bn_policy=build.BN_DESCRIPTIONS[config.eval.bn_policy], progress=progress,
+    )
+

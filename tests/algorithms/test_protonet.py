@@ -1,0 +1,41 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fastadapt.algorithms import ProtoNet
+from fastadapt.tasks import EpisodeBatch, TaskSpec
+
+
+def identity_batch() -> EpisodeBatch:
+    spec = TaskSpec(2, 2, 1)
+    support_x = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [0.0, 6.0]]])  # prototypes (1,0), (0,5)
+    query_x = torch.tensor([[[1.0, 1.0], [0.0, 3.0]]])
+    return EpisodeBatch(support_x, torch.tensor([[0, 0, 1, 1]]), query_x, torch.tensor([[0, 1]]), spec)
+
+
+def test_logits_are_negative_squared_distances_to_class_means():
+    batch = identity_batch()
+    model = ProtoNet(nn.Identity())
+    logits = model.predict(batch.support_x, batch.support_y, batch.query_x)
+    expected = -torch.tensor([[[1.0, 17.0], [10.0, 4.0]]])
+    torch.testing.assert_close(logits, expected)
+    loss = model.meta_loss(batch).loss
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(expected[0], torch.tensor([0, 1])))
+
+
+def test_cosine_and_temperature():
+    batch = identity_batch()
+    model = ProtoNet(nn.Identity(), distance="cosine", temperature=10.0, learn_temperature=True)
+    logits = model.predict(batch.support_x, batch.support_y, batch.query_x)
+    assert logits[0, 0, 0].item() == pytest.approx(10 * 1 / math.sqrt(2), rel=1e-5)
+    model.meta_loss(batch).loss.backward()
+    assert model.log_temperature.grad is not None
+
+
+def test_validation():
+    with pytest.raises(ValueError, match="unknown distance 'manhattan'"):
+        ProtoNet(nn.Identity(), distance="manhattan")
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        ProtoNet(nn.Identity(), temperature=0.0)
