@@ -27,7 +27,7 @@ def _train(args: argparse.Namespace) -> int:
     result = train(
         args.recipe, args.overrides, run_dir=args.resume or args.run_dir, resume=args.resume is not None,
         data_dir=args.data_dir, cache_dir=args.cache_dir, progress=not args.no_progress,
-        tensorboard=args.tensorboard,
+        tensorboard=args.tensorboard, download=args.download,
     )
     if result.test is not None:
         print(describe(result.test, result.config))
@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")
     train.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--download", action="store_true", help="fetch the dataset's official archives if no local copy is found")
     _data_options(train)
     train.set_defaults(handler=_train)
 

@@ -1,6 +1,6 @@
 """Dataset registry: ``load_dataset(name, split, partition, ...) -> ClassDataset``.
 
-A dataset loader takes ``(split, partition, rotations, image_size, data_dir, cache_dir)``
+A dataset loader takes ``(split, partition, rotations, image_size, data_dir, cache_dir, download)``
 and returns the partition's classes as a ``ClassDataset``. Loaders import their
 module lazily so listing datasets stays cheap.
 """
@@ -26,14 +26,18 @@ def load_dataset(
     image_size: int = 28,
     data_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
+    download: bool = False,
 ) -> ClassDataset:
-    """Load ``partition`` (train/val/test) of the class split ``split`` of dataset ``name``."""
+    """Load ``partition`` (train/val/test) of the class split ``split`` of dataset ``name``.
+
+    ``download=True`` fetches (and verifies) the dataset when no local copy is found.
+    """
     if partition not in PARTITIONS:
         raise ValueError(f"unknown partition {partition!r}; choose one of {PARTITIONS}")
     loader = DATASETS.get(name)
     return loader(
         split=split, partition=partition, rotations=rotations, image_size=image_size,
-        data_dir=data_dir, cache_dir=cache_dir,
+        data_dir=data_dir, cache_dir=cache_dir, download=download,
     )
 
 

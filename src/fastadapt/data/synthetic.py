@@ -25,10 +25,12 @@ def load_synthetic(
     image_size: int = 28,
     data_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
+    download: bool = False,
 ) -> ClassDataset:
     """The classes of ``partition``; ``x`` is float32 ``(N, 1, image_size, image_size)`` in ``[0, 1]``.
 
-    ``data_dir`` and ``cache_dir`` are accepted for a uniform loader signature and unused.
+    ``data_dir``, ``cache_dir`` and ``download`` are accepted for a uniform loader signature
+    and unused.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown synthetic split {split!r}; choose one of {sorted(SPLITS)}")

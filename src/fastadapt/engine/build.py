@@ -70,12 +70,13 @@ def build_model(config: Config) -> nn.Module:
 
 
 def load_partition(
-    config: Config, partition: str, data_dir: str | Path | None, cache_dir: str | Path | None
+    config: Config, partition: str, data_dir: str | Path | None, cache_dir: str | Path | None,
+    download: bool = False,
 ) -> ClassDataset:
     data = config.data
     return load_dataset(
         data.dataset, data.split, partition, rotations=data.rotations,
-        image_size=data.image_size, data_dir=data_dir, cache_dir=cache_dir,
+        image_size=data.image_size, data_dir=data_dir, cache_dir=cache_dir, download=download,
     )
 
 

@@ -2,7 +2,8 @@
 
 A run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl``,
 ``checkpoints/last.pt`` (everything needed to continue), ``checkpoints/best.pt``
-(weights with the best validation accuracy), ``results.json`` and ``plots/``.
+(weights with the best validation accuracy), ``results.json`` and ``plots/``
+(written when matplotlib is installed; ``fastadapt plot`` redraws them).
 Meta-batch ``k`` is episodes ``[k*B, (k+1)*B)`` of the training sampler, so a
 resumed run draws exactly the episodes the uninterrupted run would have drawn;
 together with the restored model, optimiser, scheduler and RNG states it reaches
@@ -11,6 +12,7 @@ the same final weights and metrics.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from dataclasses import dataclass
@@ -83,6 +85,7 @@ def train(
     progress: bool = True,
     tensorboard: bool = False,
     evaluate_test: bool = True,
+    download: bool = False,
 ) -> RunResult:
     """Meta-train a recipe, validate, keep the best checkpoint, evaluate on the test split.
 
@@ -96,6 +99,7 @@ def train(
         progress: show a progress bar.
         tensorboard: also write TensorBoard event files (needs the extra).
         evaluate_test: run the test protocol at the end.
+        download: fetch the dataset if no local copy is found.
     """
     started = time.perf_counter()
     if resume:
@@ -117,7 +121,7 @@ def train(
             raise FileExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) to continue it")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config.to_yaml())
-    loop = _Loop(config, run_dir, data_dir, cache_dir, tensorboard)
+    loop = _Loop(config, run_dir, data_dir, cache_dir, tensorboard, download)
     try:
         loop.run(resume=resume, progress=progress)
     finally:
@@ -125,6 +129,10 @@ def train(
     test = None
     if evaluate_test:
         test = loop.test(progress=progress)
+    if importlib.util.find_spec("matplotlib") is not None:
+        from fastadapt.engine.plot import plot_run
+
+        plot_run(run_dir)
     return RunResult(run_dir, config, test, loop.best_iteration, loop.best_val, time.perf_counter() - started)
 
 
@@ -132,7 +140,8 @@ class _Loop:
     """State of one training run (kept out of the public API)."""
 
     def __init__(
-        self, config: Config, run_dir: Path, data_dir: Any, cache_dir: Any, tensorboard: bool
+        self, config: Config, run_dir: Path, data_dir: Any, cache_dir: Any, tensorboard: bool,
+        download: bool,
     ) -> None:
         if config.train.threads > 0:
             torch.set_num_threads(config.train.threads)
@@ -141,7 +150,7 @@ class _Loop:
         self.model = build.build_model(config)
         self.optimizer, self.scheduler = build.build_optimizer(config, self.model)
         self.train_sampler = build.build_sampler(
-            build.load_partition(config, "train", data_dir, cache_dir), config.train_task, config.train.seed
+            build.load_partition(config, "train", data_dir, cache_dir, download), config.train_task, config.train.seed
         )
         self.val_sampler = None
         if config.train.val_every > 0:

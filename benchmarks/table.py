@@ -1,0 +1,56 @@
+"""Regenerate the tables of ``benchmarks/README.md`` from the JSON rows in ``results/``.
+
+    python benchmarks/table.py
+
+Each table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` markers.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from common import read_rows
+
+README = Path(__file__).resolve().parent / "README.md"
+
+
+def reproductions() -> str:
+    lines = [
+        "| recipe | paper | ours (mean ± 95% CI, n) | BN at test | iterations (recipe) | train wall time | machine | commit | command |",
+        "| --- | ---: | --- | --- | ---: | ---: | --- | --- | --- |",
+    ]
+    for r in read_rows("reproductions"):
+        paper = "-" if r["paper"] is None else f"{r['paper']}" + (f" ± {r['paper_ci95']}" if r.get("paper_ci95") else "")
+        note = f" — {r['note']}" if r.get("note") else ""
+        lines.append(
+            f"| `{r['recipe']}` | {paper} | **{r['mean']:.2f} ± {r['ci95']:.2f}** (n={r['n']}, {r['spec']}) | {r['bn']} | "
+            f"{r['iterations']} ({r['paper_iterations']}) | {r['train_seconds'] / 60:.1f} min | {r['cpus']} CPU, {r['threads']} threads, "
+            f"malloc {r['malloc']} | {r['commit']} | `{r['command']}`{note} |"
+        )
+    return "\n".join(lines)
+
+
+def sampling() -> str:
+    from sampling import table
+
+    rows = read_rows("sampling")
+    latest = [r for r in rows if r["commit"] == rows[-1]["commit"]] if rows else []
+    return table(latest)
+
+
+TABLES = {"reproductions": reproductions, "sampling": sampling}
+
+
+def main() -> None:
+    text = README.read_text()
+    for name, make in TABLES.items():
+        pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(\n<!-- /table:{name} -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"{README} has no <!-- table:{name} --> markers")
+        text = pattern.sub(lambda m: m.group(1) + make() + m.group(2), text)
+    README.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
