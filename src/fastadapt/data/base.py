@@ -31,8 +31,11 @@ class ClassAugmentation(Protocol):
     ``variant`` ``(M,)``; it may modify ``x`` in place. Variant 0 must be the identity.
     """
 
-    name: str
-    variants: int
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def variants(self) -> int: ...
 
     def __call__(self, x: Tensor, variant: Tensor) -> Tensor: ...
 
