@@ -11,9 +11,14 @@ from fastadapt.tasks import EpisodeSampler, TaskSpec
 SPEC = TaskSpec(ways=3, shots=2, queries=2)
 
 
+# Algorithms whose backbone must output logits (a head with `ways` outputs), not embeddings.
+LOGIT_BACKBONES = {"maml", "anil", "metasgd", "reptile"}
+
+
 def build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    backbone = create_model("conv4", hidden=8, bn="running", image_size=16)
+    head = SPEC.ways if name in LOGIT_BACKBONES else None
+    backbone = create_model("conv4", hidden=8, bn="running", image_size=16, out_features=head)
     return create_algorithm(name, backbone)
 
 

@@ -10,6 +10,13 @@ from fastadapt.algorithms.base import (
     create_algorithm,
     register_algorithm,
 )
+from fastadapt.algorithms.anil import ANIL
+from fastadapt.algorithms.maml import MAML
+from fastadapt.algorithms.metasgd import MetaSGD
 from fastadapt.algorithms.protonet import ProtoNet
+from fastadapt.algorithms.reptile import Reptile
 
-__all__ = ["ALGORITHMS", "MetaLearner", "MetaOutput", "ProtoNet", "create_algorithm", "register_algorithm"]
+__all__ = [
+    "ALGORITHMS", "ANIL", "MAML", "MetaLearner", "MetaOutput", "MetaSGD", "ProtoNet", "Reptile",
+    "create_algorithm", "register_algorithm",
+]

@@ -1,0 +1,51 @@
+"""Almost No Inner Loop (Raghu, Raghu, Bengio & Vinyals 2020, arXiv:1909.09157).
+
+MAML whose inner loop adapts only the network's head: the body is meta-learned
+by the outer loop alone, which the paper shows costs no accuracy (feature
+reuse) while making the inner loop cheaper. The head is selected by name.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor, nn
+
+from fastadapt.algorithms.base import MetaOutput, register_algorithm
+from fastadapt.inner_loop import InnerLoop, check_vmap, select
+from fastadapt.tasks.spec import EpisodeBatch
+
+
+@register_algorithm("anil")
+class ANIL(nn.Module):
+    """ANIL around a backbone whose head parameters match ``head``.
+
+    Args:
+        backbone: ``(N, *example_shape) -> (N, ways)``.
+        head: regular expression of the head's parameter names (``Conv4``'s head is ``head.``).
+        inner_lr, inner_steps, eval_inner_steps, first_order, loss, task_batching: as in ``MAML``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: str = r"^head\.",
+        inner_lr: float = 0.4,
+        inner_steps: int = 1,
+        eval_inner_steps: int | None = None,
+        first_order: bool = False,
+        loss: Literal["cross_entropy", "mse"] = "cross_entropy",
+        task_batching: Literal["loop", "vmap"] = "loop",
+    ) -> None:
+        super().__init__()
+        check_vmap(backbone, task_batching, first_order)
+        self.backbone, self.inner_lr = backbone, inner_lr
+        names = select(dict(backbone.named_parameters()), head)
+        steps = inner_steps if eval_inner_steps is None else eval_inner_steps
+        self.inner = InnerLoop(loss, inner_steps, steps, first_order, names, task_batching)
+
+    def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
+        return MetaOutput(*self.inner.meta_loss(self.backbone, batch, self.inner_lr))
+
+    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        return self.inner.predict(self.backbone, support_x, support_y, query_x, self.inner_lr)

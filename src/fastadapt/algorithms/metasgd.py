@@ -1,0 +1,63 @@
+"""Meta-SGD (Li, Zhou, Chen & Li 2017, arXiv:1707.09835).
+
+MAML with a learned inner learning rate for every parameter entry: the inner
+step is ``theta - alpha * grad`` with ``alpha`` a tensor shaped like ``theta``,
+meta-learned jointly with the initialisation (``alpha`` lives in the state dict).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from fastadapt.algorithms.base import MetaOutput, register_algorithm
+from fastadapt.inner_loop import InnerLoop, check_vmap, select
+from fastadapt.tasks.spec import EpisodeBatch
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")  # ParameterDict keys cannot contain dots
+
+
+@register_algorithm("metasgd")
+class MetaSGD(nn.Module):
+    """Meta-SGD around any backbone.
+
+    Args:
+        backbone: ``(N, *example_shape) -> (N, ways)`` (``(N, *target)`` for regression).
+        inner_lr: initial value of every learned learning rate (the paper draws them
+            from U[0.005, 0.1]; a constant start is deterministic and works as well).
+        inner_steps, eval_inner_steps, first_order, adapt, loss, task_batching: as in ``MAML``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        inner_lr: float = 0.1,
+        inner_steps: int = 1,
+        eval_inner_steps: int | None = None,
+        first_order: bool = False,
+        adapt: str | None = None,
+        loss: Literal["cross_entropy", "mse"] = "cross_entropy",
+        task_batching: Literal["loop", "vmap"] = "loop",
+    ) -> None:
+        super().__init__()
+        check_vmap(backbone, task_batching, first_order)
+        self.backbone = backbone
+        params = dict(backbone.named_parameters())
+        names = select(params, adapt)
+        self.lrs = nn.ParameterDict({_key(n): nn.Parameter(torch.full_like(params[n], inner_lr)) for n in names})
+        steps = inner_steps if eval_inner_steps is None else eval_inner_steps
+        self.inner = InnerLoop(loss, inner_steps, steps, first_order, names, task_batching)
+
+    def learning_rates(self) -> dict[str, Tensor]:
+        """The learned per-entry inner learning rates, keyed by parameter name."""
+        return {n: self.lrs[_key(n)] for n in self.inner.names or []}
+
+    def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
+        return MetaOutput(*self.inner.meta_loss(self.backbone, batch, self.learning_rates()))
+
+    def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        return self.inner.predict(self.backbone, support_x, support_y, query_x, self.learning_rates())

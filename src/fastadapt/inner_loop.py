@@ -1,0 +1,256 @@
+"""Inner-loop adaptation on parameter dicts, for people who write their own loops.
+
+``adapt`` runs K steps of gradient descent on a task's support loss and returns
+new parameters; the module itself is never modified or cloned. The returned
+parameters are differentiable w.r.t. the initial ones (second order, as in
+MAML) unless ``first_order=True``, in which case each step's gradient is
+treated as a constant (first-order MAML: the outer gradient is the query-loss
+gradient at the adapted parameters).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Linear(3, 2)
+    >>> params = dict(model.named_parameters())
+    >>> x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+    >>> new = adapt(model, params, x, y, nn.functional.cross_entropy, steps=2, lr=0.1)
+    >>> sorted(new)
+    ['bias', 'weight']
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+Params = dict[str, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def forward(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor) -> Tensor:
+    """``model(x)`` with ``params`` and ``buffers`` substituted (``torch.func.functional_call``).
+
+    Buffers must be passed explicitly (copies, if the caller wants the module's own
+    running statistics untouched): ``functional_call`` updates whatever buffers it is given.
+    """
+    return functional_call(model, {**buffers, **params}, (x,))
+
+
+def select(params: Mapping[str, Tensor], pattern: str | None) -> list[str]:
+    """Names of ``params`` matched by the regular expression ``pattern`` (all if ``None``).
+
+    Raises if the pattern matches nothing, naming the available parameters.
+    """
+    if pattern is None:
+        return list(params)
+    names = [n for n in params if re.search(pattern, n)]
+    if not names:
+        raise ValueError(f"adapt pattern {pattern!r} matches no parameter; parameters are {list(params)}")
+    return names
+
+
+def adapt(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    support_x: Tensor,
+    support_y: Tensor,
+    loss_fn: LossFn,
+    steps: int,
+    lr: float | Mapping[str, Tensor],
+    first_order: bool = False,
+    names: list[str] | None = None,
+    buffers: Mapping[str, Tensor] | None = None,
+) -> Params:
+    """Adapt ``params`` to one task by ``steps`` steps of gradient descent on the support loss.
+
+    Args:
+        model: the network (only its structure is used).
+        params: initial parameters, keyed like ``model.named_parameters()``.
+        support_x: ``(N, *example_shape)`` one task's support inputs.
+        support_y: ``(N,)`` labels or ``(N, *target_shape)`` targets.
+        loss_fn: ``loss_fn(outputs, support_y) -> scalar``.
+        steps: number of gradient steps (0 returns ``params`` unchanged).
+        lr: step size, a float or per-parameter tensors (Meta-SGD) keyed like ``params``.
+        first_order: drop second-order terms (FOMAML).
+        names: the parameters to adapt (default all); others stay fixed (ANIL).
+        buffers: buffers for the forward pass (e.g. BatchNorm statistics); default none.
+
+    Returns:
+        The adapted parameters (all of ``params``, the non-adapted ones unchanged).
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    params = dict(params)
+    names = list(params) if names is None else names
+    buffers = {} if buffers is None else buffers
+    create_graph = not first_order and torch.is_grad_enabled()
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = loss_fn(forward(model, params, buffers, support_x), support_y)
+            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
+            for name, grad in zip(names, grads):
+                step = lr[name] if isinstance(lr, Mapping) else lr
+                params[name] = params[name] - step * grad
+    return params
+
+
+def _vmap_task_losses(
+    model: nn.Module, params: Params, buffers: Mapping[str, Tensor], batch_tensors: tuple[Tensor, ...],
+    loss_fn: LossFn, steps: int, lr: float | Mapping[str, Tensor], first_order: bool, names: list[str],
+) -> tuple[Tensor, Tensor]:
+    def task(params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
+        for _ in range(steps):
+            fixed = dict(params)
+
+            def support_loss(adapted: Params) -> Tensor:
+                return loss_fn(forward(model, {**fixed, **adapted}, buffers, sx), sy)
+
+            grads = torch.func.grad(support_loss)({n: params[n] for n in names})
+            params = dict(params)
+            for n in names:
+                g = grads[n].detach() if first_order else grads[n]
+                params[n] = params[n] - (lr[n] if isinstance(lr, Mapping) else lr) * g
+        out = forward(model, params, buffers, qx)
+        return loss_fn(out, qy), out
+
+    return torch.func.vmap(task, in_dims=(None, 0, 0, 0, 0))(params, *batch_tensors)
+
+
+def meta_batch_loss(
+    model: nn.Module,
+    params: Params,
+    buffers: Mapping[str, Tensor],
+    support_x: Tensor,
+    support_y: Tensor,
+    query_x: Tensor,
+    query_y: Tensor,
+    loss_fn: LossFn,
+    steps: int,
+    lr: float | Mapping[str, Tensor],
+    first_order: bool = False,
+    names: list[str] | None = None,
+    batching: str = "loop",
+) -> tuple[Tensor, Tensor]:
+    """Mean query loss after adapting to each task of a meta-batch, and the query outputs.
+
+    Args:
+        support_x, support_y: ``(B, N_s, ...)``, ``(B, N_s, ...)``.
+        query_x, query_y: ``(B, N_q, ...)``, ``(B, N_q, ...)``.
+        batching: ``"loop"`` over tasks or ``"vmap"`` (``torch.func.vmap`` with ``torch.func.grad``).
+        The other arguments are those of ``adapt``.
+
+    Returns:
+        The scalar mean query loss and the query outputs ``(B, N_q, ...)``.
+    """
+    names = list(params) if names is None else names
+    if batching == "vmap":
+        losses, outputs = _vmap_task_losses(
+            model, params, buffers, (support_x, support_y, query_x, query_y), loss_fn, steps, lr, first_order, names
+        )
+        return losses.mean(), outputs
+    if batching != "loop":
+        raise ValueError(f"batching must be 'loop' or 'vmap', got {batching!r}")
+    losses_list, outputs_list = [], []
+    for t in range(support_x.shape[0]):
+        adapted = adapt(model, params, support_x[t], support_y[t], loss_fn, steps, lr, first_order, names, buffers)
+        out = forward(model, adapted, buffers, query_x[t])
+        losses_list.append(loss_fn(out, query_y[t]))
+        outputs_list.append(out)
+    return torch.stack(losses_list).mean(), torch.stack(outputs_list)
+
+
+def adapted_predictions(
+    model: nn.Module,
+    params: Params,
+    buffers: Mapping[str, Tensor],
+    support_x: Tensor,
+    support_y: Tensor,
+    query_x: Tensor,
+    loss_fn: LossFn,
+    steps: int,
+    lr: float | Mapping[str, Tensor],
+    names: list[str] | None = None,
+) -> Tensor:
+    """Query outputs ``(B, N_q, ...)`` after adapting to each task; works under ``torch.no_grad()``."""
+    outputs = []
+    for t in range(support_x.shape[0]):
+        adapted = adapt(model, params, support_x[t], support_y[t], loss_fn, steps, lr, True, names, buffers)
+        with torch.no_grad():
+            outputs.append(forward(model, adapted, buffers, query_x[t]))
+    return torch.stack(outputs)
+
+
+def has_affine_batch_norm(module: nn.Module) -> bool:
+    """Whether ``module`` contains an ``nn.BatchNorm*`` layer with a learnable scale/offset."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine for m in module.modules())
+
+
+def check_vmap(module: nn.Module, batching: str, first_order: bool) -> None:
+    """Refuse the combination whose meta-gradient is wrong under ``vmap`` in torch <= 2.13."""
+    if batching not in ("loop", "vmap"):
+        raise ValueError(f"task_batching must be 'loop' or 'vmap', got {batching!r}")
+    if batching == "vmap" and not first_order and has_affine_batch_norm(module):
+        raise ValueError(
+            "task_batching='vmap' with second-order meta-gradients through an affine nn.BatchNorm is "
+            "wrong in torch <= 2.13 (functorch#534); use task_batching='loop', first_order=True, or "
+            "a backbone without affine BatchNorm"
+        )
+
+
+def buffer_copies(module: nn.Module) -> Params:
+    """Copies of ``module``'s buffers: functional calls given these never touch the module's own."""
+    return {n: b.clone() for n, b in module.named_buffers()}
+
+
+LOSSES: dict[str, LossFn] = {"cross_entropy": torch.nn.functional.cross_entropy, "mse": torch.nn.functional.mse_loss}
+
+
+@dataclass(frozen=True)
+class InnerLoop:
+    """The inner-loop settings shared by the gradient-based learners, and their two uses.
+
+    Args:
+        loss: ``"cross_entropy"`` or ``"mse"``.
+        steps: inner steps in meta-training; ``eval_steps``: in prediction.
+        first_order: drop second-order terms.
+        names: parameters adapted (``None``: all).
+        batching: ``"loop"`` or ``"vmap"`` over tasks.
+    """
+
+    loss: str
+    steps: int
+    eval_steps: int
+    first_order: bool = False
+    names: list[str] | None = None
+    batching: str = "loop"
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {sorted(LOSSES)}")
+        if self.steps < 0 or self.eval_steps < 0:
+            raise ValueError(f"inner steps must be >= 0, got {self.steps} and {self.eval_steps}")
+        if self.batching not in ("loop", "vmap"):
+            raise ValueError(f"task_batching must be 'loop' or 'vmap', got {self.batching!r}")
+
+    def meta_loss(self, backbone: nn.Module, batch: Any, lr: float | Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Mean query loss and query outputs of an ``EpisodeBatch`` (see ``meta_batch_loss``)."""
+        return meta_batch_loss(
+            backbone, dict(backbone.named_parameters()), buffer_copies(backbone),
+            batch.support_x, batch.support_y, batch.query_x, batch.query_y, LOSSES[self.loss],
+            self.steps, lr, self.first_order, self.names, self.batching,
+        )
+
+    def predict(
+        self, backbone: nn.Module, support_x: Tensor, support_y: Tensor, query_x: Tensor, lr: float | Mapping[str, Tensor]
+    ) -> Tensor:
+        """Query outputs after ``eval_steps`` of adaptation (see ``adapted_predictions``)."""
+        return adapted_predictions(
+            backbone, dict(backbone.named_parameters()), buffer_copies(backbone), support_x, support_y,
+            query_x, LOSSES[self.loss], self.eval_steps, lr, self.names,
+        )

@@ -1,0 +1,176 @@
+"""Maths of the gradient-based learners: finite differences in float64, loop vs vmap, BN buffers."""
+
+import pytest
+import torch
+from torch import nn
+
+from fastadapt.algorithms import ANIL, MAML, MetaSGD, Reptile
+from fastadapt.inner_loop import adapt, forward
+from fastadapt.models import create_model
+from fastadapt.tasks import EpisodeBatch, TaskSpec
+
+SPEC = TaskSpec(ways=3, shots=2, queries=2)
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("mlp", in_features=4, hidden=(5,), out_features=3).double()
+
+
+def batch(tasks: int = 2, dtype=torch.float64, image: bool = False) -> EpisodeBatch:
+    g = torch.Generator().manual_seed(1)
+    shape = (1, 16, 16) if image else (4,)
+    labels = lambda n: torch.arange(SPEC.ways).repeat_interleave(n).repeat(tasks, 1)
+    return EpisodeBatch(
+        torch.randn(tasks, 6, *shape, generator=g, dtype=dtype), labels(SPEC.shots),
+        torch.randn(tasks, 6, *shape, generator=g, dtype=dtype), labels(SPEC.queries), SPEC,
+    )
+
+
+def finite_difference(fn, tensors, eps=1e-6):
+    grads = []
+    for t in tensors:
+        g = torch.zeros_like(t)
+        flat = t.data.view(-1)
+        for i in range(flat.numel()):
+            old = flat[i].item()
+            flat[i] = old + eps
+            plus = fn().item()
+            flat[i] = old - eps
+            minus = fn().item()
+            flat[i] = old
+            g.view(-1)[i] = (plus - minus) / (2 * eps)
+        grads.append(g)
+    return grads
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_maml_second_order_meta_gradient_matches_finite_differences(steps):
+    model = MAML(mlp(), inner_lr=0.5, inner_steps=steps)
+    b = batch()
+    params = list(model.parameters())
+    analytic = torch.autograd.grad(model.meta_loss(b).loss, params)
+    numeric = finite_difference(lambda: model.meta_loss(b).loss, params)
+    for a, n in zip(analytic, numeric):
+        torch.testing.assert_close(a, n, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_fomaml_equals_gradient_through_detached_copy(steps):
+    backbone = mlp()
+    model = MAML(backbone, inner_lr=0.5, inner_steps=steps, first_order=True)
+    b = batch(tasks=1)
+    fo = torch.autograd.grad(model.meta_loss(b).loss, list(backbone.parameters()))
+    adapted = adapt(backbone, dict(backbone.named_parameters()), b.support_x[0], b.support_y[0],
+                    nn.functional.cross_entropy, steps, 0.5, first_order=True)
+    detached = {n: p.detach().requires_grad_() for n, p in adapted.items()}
+    loss = nn.functional.cross_entropy(forward(backbone, detached, {}, b.query_x[0]), b.query_y[0])
+    expected = torch.autograd.grad(loss, list(detached.values()))
+    for a, e in zip(fo, expected):
+        torch.testing.assert_close(a, e)
+    second = torch.autograd.grad(MAML(backbone, inner_lr=0.5, inner_steps=steps).meta_loss(b).loss, list(backbone.parameters()))
+    assert any((s - f).abs().max() > 1e-6 for s, f in zip(second, fo))  # the dropped terms are not zero
+
+
+def test_metasgd_learning_rate_gradient_matches_finite_differences():
+    model = MetaSGD(mlp(), inner_lr=0.3, inner_steps=2).double()
+    b = batch()
+    lrs = list(model.lrs.parameters())
+    analytic = torch.autograd.grad(model.meta_loss(b).loss, lrs)
+    numeric = finite_difference(lambda: model.meta_loss(b).loss, lrs)
+    for a, n in zip(analytic, numeric):
+        torch.testing.assert_close(a, n, rtol=1e-5, atol=1e-7)
+    assert set(model.state_dict()) >= {"lrs.net__0__weight", "lrs.net__2__bias"}
+
+
+def test_anil_adapts_only_the_head():
+    backbone = mlp()
+    model = ANIL(backbone, head=r"^net\.2\.", inner_lr=0.5)
+    assert model.inner.names == ["net.2.weight", "net.2.bias"]
+    b = batch(tasks=1)
+    adapted = adapt(backbone, dict(backbone.named_parameters()), b.support_x[0], b.support_y[0],
+                    nn.functional.cross_entropy, 1, 0.5, names=model.inner.names)
+    assert adapted["net.0.weight"] is backbone.net[0].weight
+    assert not torch.equal(adapted["net.2.weight"], backbone.net[2].weight)
+    model.meta_loss(b).loss.backward()
+    assert backbone.net[0].weight.grad.abs().sum() > 0  # the body is meta-learned by the outer loop
+    with pytest.raises(ValueError, match="matches no parameter"):
+        ANIL(mlp(), head="^classifier")
+
+
+def test_reptile_outer_direction_is_params_minus_adapted():
+    backbone = mlp()
+    model = Reptile(backbone, inner_lr=0.1, inner_steps=3, inner_batch=3, inner_optimizer="sgd")
+    b = batch()
+    grads = torch.autograd.grad(model.meta_loss(b).loss, list(backbone.parameters()))
+    adapted = [model.train_task(b.support_x[t], b.support_y[t], 3) for t in range(2)]
+    for (name, p), g in zip(backbone.named_parameters(), grads):
+        expected = sum(p.detach() - a[name] for a in adapted) / 2
+        torch.testing.assert_close(g, expected)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_loop_and_vmap_give_the_same_meta_gradient(first_order):
+    b = batch(image=True)
+    grads = {}
+    for batching in ("loop", "vmap"):
+        torch.manual_seed(0)
+        backbone = create_model("conv4", hidden=4, bn="none", image_size=16, out_features=3).double()
+        model = MAML(backbone, inner_lr=0.3, inner_steps=2, first_order=first_order, task_batching=batching)
+        out = model.meta_loss(b)
+        grads[batching] = torch.autograd.grad(out.loss, list(backbone.parameters())), out.logits
+    for a, v in zip(*(grads[k][0] for k in ("loop", "vmap"))):
+        torch.testing.assert_close(a, v, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(grads["loop"][1], grads["vmap"][1])
+
+
+def test_vmap_refuses_second_order_through_affine_batchnorm():
+    backbone = create_model("conv4", hidden=4, bn="batch", image_size=16, out_features=3)
+    with pytest.raises(ValueError, match="functorch#534"):
+        MAML(backbone, task_batching="vmap")
+    # first order through BatchNorm under vmap is allowed and agrees with the loop
+    b = batch(image=True, dtype=torch.float32)
+    results = []
+    for batching in ("loop", "vmap"):
+        model = MAML(backbone, inner_lr=0.3, first_order=True, task_batching=batching)
+        results.append(torch.autograd.grad(model.meta_loss(b).loss, list(backbone.parameters())))
+    for a, v in zip(*results):
+        torch.testing.assert_close(a, v, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["maml", "reptile"])
+def test_running_statistics_are_never_updated_silently(name):
+    backbone = create_model("conv4", hidden=4, bn="running", image_size=16, out_features=3)
+    model = MAML(backbone, inner_lr=0.3) if name == "maml" else Reptile(backbone, inner_steps=2, eval_inner_steps=2)
+    before = {k: v.clone() for k, v in backbone.named_buffers()}
+    b = batch(image=True, dtype=torch.float32)
+    model.meta_loss(b).loss.backward()
+    with torch.no_grad():
+        model.predict(b.support_x, b.support_y, b.query_x)
+    assert all(torch.equal(before[k], v) for k, v in backbone.named_buffers())
+
+
+def test_predict_adapts_under_no_grad_and_leaves_the_module_alone():
+    backbone = mlp()
+    model = MAML(backbone, inner_lr=0.5, inner_steps=1, eval_inner_steps=3)
+    b = batch()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    with torch.no_grad():
+        adapted = model.predict(b.support_x, b.support_y, b.query_x)
+        plain = backbone(b.query_x.flatten(0, 1)).view_as(adapted)
+    assert not torch.allclose(adapted, plain)
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+
+
+def test_reptile_transductive_and_not():
+    backbone = create_model("conv4", hidden=4, bn="batch", image_size=16, out_features=3)
+    b = batch(image=True, dtype=torch.float32)
+    plain = Reptile(backbone, inner_steps=1, eval_inner_steps=2)
+    trans = Reptile(backbone, inner_steps=1, eval_inner_steps=2, transductive=True)
+    with torch.no_grad():
+        a = plain.predict(b.support_x, b.support_y, b.query_x)
+        t = trans.predict(b.support_x, b.support_y, b.query_x)
+        # non-transductive: a query's output does not depend on the other queries
+        one = plain.predict(b.support_x, b.support_y, b.query_x[:, :1])
+    torch.testing.assert_close(a[:, :1], one)
+    assert a.shape == t.shape and not torch.allclose(a, t)
