@@ -7,8 +7,8 @@ from fastadapt.registry import UnknownNameError
 
 
 def test_overrides_are_typed():
-    c = apply_overrides(get_recipe("omniglot/protonet-5w1s"), ["train.iterations=7", "optim.lr=1e-4", "data.rotations=false", "reference.accuracy=null"])
-    assert c.train.iterations == 7 and c.optim.lr == 1e-4 and c.data.rotations is False and c.reference.accuracy is None
+    c = apply_overrides(get_recipe("omniglot/protonet-5w1s"), ["train.iterations=7", "optim.lr=1e-4", "data.rotations=false", "reference.value=null"])
+    assert c.train.iterations == 7 and c.optim.lr == 1e-4 and c.data.rotations is False and c.reference.value is None
     assert apply_overrides(c, ["optim.lr=1"]).optim.lr == 1.0 and isinstance(apply_overrides(c, ["optim.lr=1"]).optim.lr, float)
 
 

@@ -58,7 +58,8 @@ def _recipes(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown recipes action {args.action!r}; use `fastadapt recipes` or `fastadapt recipes show NAME`")
     for name in list_recipes():
         config = get_recipe(name)
-        ref = f"{config.reference.accuracy} %" if config.reference.accuracy is not None else "-"
+        unit = " %" if config.eval.metric == "accuracy" else " mse"
+        ref = f"{config.reference.value}{unit}" if config.reference.value is not None else "-"
         print(f"{name:28s} paper {ref:>8s}  {config.description}")
     return 0
 

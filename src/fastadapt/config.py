@@ -33,7 +33,9 @@ class DataConfig:
     split: str = "vinyals"
     """named class split of the dataset (omniglot: vinyals, maml, lake)"""
     rotations: bool = True
-    """add 90/180/270-degree rotations as distinct classes (all partitions)"""
+    """add 90/180/270-degree rotations as distinct classes to the training classes"""
+    eval_rotations: bool = True
+    """the same for the validation and test classes"""
     image_size: int = 28
     """side of the square images after resizing"""
 
@@ -65,8 +67,9 @@ class OptimConfig:
     name: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
-    step_size: int = 0
-    """multiply the learning rate by ``gamma`` every ``step_size`` iterations (0: constant)"""
+    schedule: Literal["constant", "step", "linear"] = "constant"
+    """constant; step: times ``gamma`` every ``step_size`` iterations; linear: decay to 0 at the end"""
+    step_size: int = 2000
     gamma: float = 0.5
 
 
@@ -92,16 +95,20 @@ class EvalConfig:
     """The test protocol."""
 
     episodes: int = 1000
-    bn_policy: Literal["running", "batch"] = "running"
-    """BatchNorm statistics at test time: running (model.eval()) or batch (transductive)"""
+    metric: Literal["accuracy", "mse"] = "accuracy"
+    bn_policy: Literal["running", "batch", "support", "none"] = "running"
+    """BatchNorm statistics at test time: running (model.eval()); batch (of each task's queries,
+    transductive); support (of the support set plus one query at a time); none"""
+    seed: int = 0
+    """seed of the validation and test episode sets (the same for every training seed)"""
 
 
 @dataclass
 class Reference:
     """The published figure a recipe reproduces."""
 
-    accuracy: float | None = None
-    """published mean accuracy in %"""
+    value: float | None = None
+    """published figure: mean accuracy in % (metric accuracy) or MSE (metric mse)"""
     ci95: float | None = None
     source: str = ""
 

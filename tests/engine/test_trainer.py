@@ -31,7 +31,7 @@ def test_train_writes_a_complete_run(tmp_path):
     assert [r["iteration"] for r in rows if r["split"] == "train"] == [4, 8, 12, 16, 20, 24]
     assert [r["iteration"] for r in rows if r["split"] == "val"] == [8, 16, 24]
     results = json.loads((run / "results.json").read_text())
-    assert results["test"]["n"] == 20 and results["reference"]["accuracy"] == 98.8
+    assert results["test"]["n"] == 20 and results["reference"]["value"] == 98.8
     assert result.test.mean > 0.4  # twice chance (0.2) after 24 iterations
     best = max((r for r in rows if r["split"] == "val"), key=lambda r: r["accuracy"])
     assert result.best_iteration == best["iteration"]

@@ -24,7 +24,9 @@ def test_unknown_backbone_suggests():
 def test_conv4_shapes():
     assert create_model("conv4")(torch.randn(2, 1, 28, 28)).shape == (2, 64)
     head = create_model("conv4", out_features=5, pool="stride")
-    assert head(torch.randn(2, 1, 28, 28)).shape == (2, 5)
+    assert head(torch.randn(2, 1, 28, 28)).shape == (2, 5) and head.feature_dim == 64 * 2 * 2
+    maml = create_model("conv4", out_features=5, pool="stride", readout="mean", bn="batch")
+    assert maml.head.in_features == 64 and maml(torch.randn(2, 1, 28, 28)).shape == (2, 5)
     rgb = create_model("conv4", in_channels=3, hidden=32, image_size=84)
     assert rgb(torch.randn(2, 3, 84, 84)).shape == (2, 32 * 5 * 5)
 

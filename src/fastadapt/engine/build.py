@@ -16,13 +16,21 @@ from fastadapt.config import Config, ConfigError, TaskConfig, check_component_ar
 from fastadapt.data.base import ClassDataset
 from fastadapt.data.registry import load_dataset
 from fastadapt.models import BACKBONES, create_model
-from fastadapt.tasks.sampler import EpisodeSampler
+from fastadapt.tasks.sampler import EpisodeSampler, TaskSource
+from fastadapt.tasks.sinusoid import SinusoidTasks
 from fastadapt.tasks.spec import TaskSpec
 
 BN_DESCRIPTIONS = {
     "running": "running statistics (model.eval())",
     "batch": "batch statistics (transductive)",
+    "support": "batch statistics of the support set + 1 query (non-transductive)",
+    "none": "no BatchNorm",
 }
+# Backbone BatchNorm mode -> evaluation policies it can implement.
+_BN_COMPATIBLE = {"running": ("running",), "batch": ("batch", "support"), "none": ("none",)}
+# Task distributions: the dataset name builds a task source directly (no class split).
+DISTRIBUTIONS = ("sinusoid",)
+_PARTITION_STREAM = {"train": 0, "val": 1, "test": 2}
 
 
 def validate(config: Config) -> None:
@@ -47,7 +55,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.val_every must be >= 0, got {config.train.val_every}")
     task_spec(config.train_task), task_spec(config.eval_task)
     backbone_bn = config.backbone.args.get("bn")
-    if backbone_bn is not None and backbone_bn != "none" and backbone_bn != config.eval.bn_policy:
+    if backbone_bn is not None and config.eval.bn_policy not in _BN_COMPATIBLE.get(backbone_bn, (backbone_bn,)):
         raise ConfigError(
             f"eval.bn_policy is {config.eval.bn_policy!r} but backbone.args.bn is {backbone_bn!r}; "
             "they must agree (the backbone's BatchNorm decides the statistics used at test time)"
@@ -75,12 +83,27 @@ def load_partition(
 ) -> ClassDataset:
     data = config.data
     return load_dataset(
-        data.dataset, data.split, partition, rotations=data.rotations,
+        data.dataset, data.split, partition,
+        rotations=data.rotations if partition == "train" else data.eval_rotations,
         image_size=data.image_size, data_dir=data_dir, cache_dir=cache_dir, download=download,
     )
 
 
-def build_sampler(dataset: ClassDataset, task: TaskConfig, seed: int) -> EpisodeSampler:
+def build_source(
+    config: Config, partition: str, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+    download: bool = False,
+) -> TaskSource:
+    """The task source of ``partition``: an episode sampler over its classes, or a task distribution.
+
+    Training episodes use ``train.seed``; validation and test episodes ``eval.seed``, so
+    every training seed is evaluated on the same episodes.
+    """
+    task = config.train_task if partition == "train" else config.eval_task
+    seed = config.train.seed if partition == "train" else config.eval.seed
+    if config.data.dataset in DISTRIBUTIONS:
+        # One distribution for all partitions: disjoint counter streams keep them apart.
+        return SinusoidTasks(task.shots, task.queries, seed=3 * seed + _PARTITION_STREAM[partition])
+    dataset = load_partition(config, partition, data_dir, cache_dir, download)
     return EpisodeSampler(dataset, task_spec(task), seed=seed)
 
 
@@ -91,6 +114,15 @@ def build_optimizer(config: Config, model: nn.Module) -> tuple[torch.optim.Optim
         optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=optim.lr, weight_decay=optim.weight_decay)
     else:
         optimizer = torch.optim.SGD(params, lr=optim.lr, weight_decay=optim.weight_decay)
-    step = optim.step_size if optim.step_size > 0 else max(config.train.iterations, 1) + 1
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=optim.gamma)
+    if optim.schedule == "step":
+        if optim.step_size < 1:
+            raise ConfigError(f"optim.step_size must be >= 1 for the step schedule, got {optim.step_size}")
+        scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=optim.step_size, gamma=optim.gamma
+        )
+    elif optim.schedule == "linear":  # Reptile's meta step size, annealed to 0 over the run
+        total = config.train.iterations
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: max(0.0, 1.0 - it / total))
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
     return optimizer, scheduler

@@ -8,8 +8,8 @@ from fastadapt.engine.metrics_log import read_metrics
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
-    """Write ``plots/learning_curves.png`` (train loss and accuracy, validation accuracy with
-    its 95% CI band) for the run in ``run_dir``; returns the files written."""
+    """Write ``plots/learning_curves.png`` (train loss and metric, validation metric with its
+    95% CI band; the metric is accuracy or MSE) for the run in ``run_dir``; returns the files."""
     try:
         import matplotlib
 
@@ -24,17 +24,19 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     rows = read_metrics(metrics)
     train = [r for r in rows if r["split"] == "train"]
     val = [r for r in rows if r["split"] == "val"]
+    metric = "accuracy" if any("accuracy" in r for r in train) else "mse"
+    scale, unit = (100.0, " (%)") if metric == "accuracy" else (1.0, "")
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot([r["iteration"] for r in train], [r["loss"] for r in train], label="train loss")
     ax_loss.set_xlabel("iteration"), ax_loss.set_ylabel("loss"), ax_loss.set_yscale("log")
-    ax_acc.plot([r["iteration"] for r in train], [100 * r["accuracy"] for r in train], label="train (query) accuracy", alpha=0.6)
+    ax_acc.plot([r["iteration"] for r in train], [scale * r[metric] for r in train], label=f"train (query) {metric}", alpha=0.6)
     if val:
         its = [r["iteration"] for r in val]
-        mean = [100 * r["accuracy"] for r in val]
-        ci = [100 * r["ci95"] for r in val]
-        ax_acc.plot(its, mean, marker="o", label="validation accuracy")
+        mean = [scale * r[metric] for r in val]
+        ci = [scale * r["ci95"] for r in val]
+        ax_acc.plot(its, mean, marker="o", label=f"validation {metric}")
         ax_acc.fill_between(its, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)], alpha=0.25, label="95% CI")
-    ax_acc.set_xlabel("iteration"), ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.set_xlabel("iteration"), ax_acc.set_ylabel(metric + unit)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3), ax.legend()
     fig.suptitle(run_dir.name)

@@ -26,9 +26,8 @@ from torch import nn
 from fastadapt.config import Config, apply_overrides
 from fastadapt.engine import build
 from fastadapt.engine.checkpoint import load_checkpoint, save_atomic
-from fastadapt.engine.evaluate import EvalResult, evaluate
+from fastadapt.engine.evaluate import METRICS, EvalResult, evaluate
 from fastadapt.engine.metrics_log import MetricsLog
-from fastadapt.functional import accuracy
 from fastadapt.recipes import get_recipe
 from fastadapt.tasks.sampler import batch_at
 
@@ -149,16 +148,13 @@ class _Loop:
         self.data_dir, self.cache_dir = data_dir, cache_dir
         self.model = build.build_model(config)
         self.optimizer, self.scheduler = build.build_optimizer(config, self.model)
-        self.train_sampler = build.build_sampler(
-            build.load_partition(config, "train", data_dir, cache_dir, download), config.train_task, config.train.seed
-        )
+        self.train_sampler = build.build_source(config, "train", data_dir, cache_dir, download)
         self.val_sampler = None
         if config.train.val_every > 0:
-            self.val_sampler = build.build_sampler(
-                build.load_partition(config, "val", data_dir, cache_dir), config.eval_task, seed=0
-            )
+            self.val_sampler = build.build_source(config, "val", data_dir, cache_dir)
         self.log = MetricsLog(run_dir / "metrics.jsonl", run_dir / "tensorboard" if tensorboard else None)
         self.iteration, self.best_iteration, self.best_val = 0, 0, None
+        self.metric = config.eval.metric
         self.elapsed = 0.0
 
     @property
@@ -210,11 +206,11 @@ class _Loop:
                 rate = window_episodes / max(now - window_start, 1e-9)
                 self.elapsed += now - window_start
                 window_start, window_episodes = now, 0
-                row = {"iteration": self.iteration, "split": "train", "loss": loss, "accuracy": acc,
+                row = {"iteration": self.iteration, "split": "train", "loss": loss, self.metric: acc,
                        "lr": self.optimizer.param_groups[0]["lr"], "episodes_per_s": rate, "elapsed_s": self.elapsed}
                 self.log.log(row)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", eps=f"{rate:.1f}/s")
+                    bar.set_postfix(loss=f"{loss:.3f}", **{self.metric: f"{acc:.3f}"}, eps=f"{rate:.1f}/s")
             if self.val_sampler is not None and self.iteration % self.config.train.val_every == 0:
                 self._validate(bar)
             if self.iteration % self.config.train.checkpoint_every == 0 or self.iteration == total:
@@ -242,15 +238,16 @@ class _Loop:
         self.optimizer.step()
         self.scheduler.step()
         with torch.no_grad():
-            acc = accuracy(output.logits.detach(), batch.query_y).mean().item()
-        return loss.item(), acc
+            value = METRICS[self.metric][0](output.logits.detach(), batch.query_y).mean().item()
+        return loss.item(), value
 
     def _validate(self, bar: Any) -> None:
         result = self.evaluate(self.val_sampler, self.config.train.val_episodes)
         self.model.train()
-        row = {"iteration": self.iteration, "split": "val", "accuracy": result.mean, "ci95": result.ci95, "n": result.n}
+        row = {"iteration": self.iteration, "split": "val", self.metric: result.mean, "ci95": result.ci95, "n": result.n}
         self.log.log(row)
-        improved = self.best_val is None or result.mean > self.best_val
+        sign = 1.0 if self.metric == "accuracy" else -1.0  # accuracy: higher is better; mse: lower
+        improved = self.best_val is None or sign * result.mean > sign * self.best_val
         if improved:
             self._save_best(result.mean)
         if bar is not None:
@@ -267,9 +264,7 @@ class _Loop:
     def test(self, progress: bool) -> EvalResult:
         best = load_checkpoint(self.checkpoints / "best.pt")
         self.model.load_state_dict(best["model"])
-        test_sampler = build.build_sampler(
-            build.load_partition(self.config, "test", self.data_dir, self.cache_dir), self.config.eval_task, seed=0
-        )
+        test_sampler = build.build_source(self.config, "test", self.data_dir, self.cache_dir)
         result = self.evaluate(test_sampler, self.config.eval.episodes, progress=progress)
         write_results(self.run_dir, self.config, result, best["iteration"], self.elapsed)
         return result
@@ -280,7 +275,7 @@ def write_results(run_dir: Path, config: Config, result: EvalResult, iteration: 
     payload = {
         "recipe": config.name, "test": result.as_dict(), "checkpoint_iteration": iteration,
         "train_iterations": config.train.iterations, "train_seconds": elapsed,
-        "reference": {"accuracy": config.reference.accuracy, "ci95": config.reference.ci95, "source": config.reference.source},
+        "reference": {"value": config.reference.value, "ci95": config.reference.ci95, "source": config.reference.source},
     }
     tmp = run_dir / "results.json.tmp"
     tmp.write_text(json.dumps(payload, indent=2))
@@ -290,18 +285,24 @@ def write_results(run_dir: Path, config: Config, result: EvalResult, iteration: 
 def describe(result: EvalResult, config: Config) -> str:
     """The result line with the paper's figure beside it."""
     ref = config.reference
-    if ref.accuracy is None:
+    if ref.value is None:
         return str(result)
     ci = f" ± {ref.ci95}" if ref.ci95 is not None else ""
-    return f"{result}   paper: {ref.accuracy}{ci} % ({ref.source})"
+    unit = " %" if result.metric == "accuracy" else ""
+    return f"{result}   paper: {ref.value}{ci}{unit} ({ref.source})"
 
 
-def load_for_eval(path: str | Path) -> tuple[Config, nn.Module, Path]:
-    """Config and model with trained weights from a run directory or a checkpoint file."""
+def load_for_eval(path: str | Path, overrides: list[str] | None = None) -> tuple[Config, nn.Module, Path]:
+    """Config and model with trained weights from a run directory or a checkpoint file.
+
+    Overrides apply before the model is built, so evaluation-time algorithm arguments
+    (e.g. ``algorithm.args.eval_inner_steps=10``) take effect.
+    """
     path = Path(path)
     checkpoint = path / "checkpoints" / "best.pt" if path.is_dir() else path
     state = load_checkpoint(checkpoint)
-    config = Config.from_dict(state["config"])
+    config = apply_overrides(Config.from_dict(state["config"]), list(overrides or []))
+    build.validate(config)
     model = build.build_model(config)
     model.load_state_dict(state["model"])
     return config, model, checkpoint
@@ -315,10 +316,8 @@ def evaluate_run(
     progress: bool = True,
 ) -> tuple[Config, EvalResult]:
     """Re-evaluate a trained run on the test split, e.g. with other ways/shots (``eval_task.shots=5``)."""
-    config, model, _ = load_for_eval(path)
-    config = apply_overrides(config, list(overrides or []))
-    build.validate(config)
-    sampler = build.build_sampler(build.load_partition(config, "test", data_dir, cache_dir), config.eval_task, seed=0)
+    config, model, _ = load_for_eval(path, overrides)
+    sampler = build.build_source(config, "test", data_dir, cache_dir)
     return config, run_protocol(model, sampler, config, config.eval.episodes, progress)
 
 
@@ -327,6 +326,6 @@ def run_protocol(model: nn.Module, sampler: Any, config: Config, episodes: int, 
     model.eval()
     return evaluate(
         model.predict, sampler, episodes, batch_size=config.eval_task.batch_size,
-        bn_policy=build.BN_DESCRIPTIONS[config.eval.bn_policy], progress=progress,
+        metric=config.eval.metric, bn_policy=build.BN_DESCRIPTIONS[config.eval.bn_policy], progress=progress,
     )
 

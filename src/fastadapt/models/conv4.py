@@ -49,6 +49,8 @@ class Conv4(nn.Module):
         bn: BatchNorm policy, see ``batch_norm``.
         pool: ``"max"`` (conv stride 1 + 2x2 max-pool) or ``"stride"`` (stride-2 conv).
         image_size: input height/width, needed to size the head (28 for Omniglot).
+        readout: ``"flatten"`` the final feature map, or average it over space (``"mean"``,
+            global average pooling: MAML's Omniglot network).
 
     Shapes:
         input ``(N, in_channels, H, W)``; output ``(N, out_features)`` or ``(N, features)``.
@@ -62,16 +64,19 @@ class Conv4(nn.Module):
         bn: BatchNormPolicy = "batch",
         pool: Literal["max", "stride"] = "max",
         image_size: int = 28,
+        readout: Literal["flatten", "mean"] = "flatten",
     ) -> None:
         super().__init__()
         if pool not in ("max", "stride"):
             raise ValueError(f"pool must be 'max' or 'stride', got {pool!r}")
+        if readout not in ("flatten", "mean"):
+            raise ValueError(f"readout must be 'flatten' or 'mean', got {readout!r}")
         if in_channels < 1 or hidden < 1 or image_size < 1:
             raise ValueError(
                 f"in_channels, hidden and image_size must be positive, "
                 f"got {in_channels}, {hidden}, {image_size}"
             )
-        self.bn_policy, self.pool = bn, pool
+        self.bn_policy, self.pool, self.readout = bn, pool, readout
         blocks: list[nn.Module] = []
         channels = in_channels
         for _ in range(4):
@@ -88,9 +93,10 @@ class Conv4(nn.Module):
         with torch.no_grad():
             probe = self.features.eval()(torch.zeros(1, in_channels, image_size, image_size))
         self.features.train()
-        self.feature_dim = probe.numel()
+        self.feature_dim = hidden if readout == "mean" else probe.numel()
         self.head = None if out_features is None else nn.Linear(self.feature_dim, out_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.features(x).flatten(1)  # (N, hidden * h * w)
+        z = self.features(x)  # (N, hidden, h, w)
+        z = z.mean((2, 3)) if self.readout == "mean" else z.flatten(1)  # (N, features)
         return z if self.head is None else self.head(z)

@@ -35,10 +35,10 @@ def _protonet(ways: int, shots: int, accuracy: float) -> Config:
         eval_task=TaskConfig(ways=ways, shots=shots, queries=15, batch_size=20),
         backbone=ComponentConfig("conv4", {"in_channels": 1, "hidden": 64, "bn": "running", "pool": "max"}),
         algorithm=ComponentConfig("protonet", {"distance": "euclidean"}),
-        optim=OptimConfig(name="adam", lr=1e-3, step_size=2000, gamma=0.5),
+        optim=OptimConfig(name="adam", lr=1e-3, schedule="step", step_size=2000, gamma=0.5),
         train=TrainConfig(iterations=20000, val_every=500, val_episodes=500, log_every=50, checkpoint_every=250),
         eval=EvalConfig(episodes=1000, bn_policy="running"),
-        reference=Reference(accuracy=accuracy, ci95=None, source=PROTONET_SOURCE),
+        reference=Reference(value=accuracy, ci95=None, source=PROTONET_SOURCE),
     )
 
 
