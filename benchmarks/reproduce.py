@@ -25,7 +25,7 @@ from fastadapt.recipes import get_recipe
 def row(recipe: str, result, seconds: float, iterations: int, command: str, note: str) -> dict:
     ref = get_recipe(recipe).reference
     return environment() | {
-        "recipe": recipe, "paper": ref.accuracy, "paper_ci95": ref.ci95, "source": ref.source,
+        "recipe": recipe, "paper": ref.value, "paper_ci95": ref.ci95, "source": ref.source,
         "mean": 100 * result.mean, "ci95": 100 * result.ci95, "n": result.n, "spec": str(result.spec),
         "bn": result.bn_policy, "train_seconds": seconds, "iterations": iterations,
         "paper_iterations": get_recipe(recipe).train.iterations, "command": command, "note": note,

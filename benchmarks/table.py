@@ -23,8 +23,9 @@ def reproductions() -> str:
     for r in read_rows("reproductions"):
         paper = "-" if r["paper"] is None else f"{r['paper']}" + (f" ± {r['paper_ci95']}" if r.get("paper_ci95") else "")
         note = f" — {r['note']}" if r.get("note") else ""
+        digits = 3 if r.get("metric") == "mse" else 2
         lines.append(
-            f"| `{r['recipe']}` | {paper} | **{r['mean']:.2f} ± {r['ci95']:.2f}** (n={r['n']}, {r['spec']}) | {r['bn']} | "
+            f"| `{r['recipe']}` | {paper} | **{r['mean']:.{digits}f} ± {r['ci95']:.{digits}f}** (n={r['n']}, {r['spec']}) | {r['bn']} | "
             f"{r['iterations']} ({r['paper_iterations']}) | {r['train_seconds'] / 60:.1f} min | {r['cpus']} CPU, {r['threads']} threads, "
             f"malloc {r['malloc']} | {r['commit']} | `{r['command']}`{note} |"
         )
