@@ -40,7 +40,17 @@ def sampling() -> str:
     return table(latest)
 
 
-TABLES = {"reproductions": reproductions, "sampling": sampling}
+def task_batching() -> str:
+    rows = read_rows("task_batching")
+    latest = [r for r in rows if r["commit"] == rows[-1]["commit"]] if rows else []
+    lines = ["| config | batching | median ms / meta-iteration | min ms | peak RSS MB | threads | commit |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    lines += [f"| {r['config']} | {r['batching']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['peak_rss_mb']:.0f} | "
+              f"{r['threads']} | {r['commit']} |" for r in latest]
+    return "\n".join(lines)
+
+
+TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching": task_batching}
 
 
 def main() -> None:

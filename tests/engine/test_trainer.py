@@ -86,3 +86,20 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         train("omniglot/protonet-5w1s", [*TINY, "algorithm.name=test_nan_after_five"], run_dir=tmp_path / "r", progress=False)
     state = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
     assert state["iteration"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_regression_recipe_runs_and_selects_lowest_mse(tmp_path):
+    result = train(
+        "sinusoid/maml",
+        ["train.iterations=40", "train.val_every=10", "train.val_episodes=20", "train.log_every=10",
+         "train.checkpoint_every=10", "eval.episodes=30", "train_task.batch_size=4"],
+        run_dir=tmp_path / "sin", progress=False,
+    )
+    rows = read_metrics(tmp_path / "sin" / "metrics.jsonl")
+    val = [r for r in rows if r["split"] == "val"]
+    assert all("mse" in r for r in rows) and len(val) == 4
+    assert result.best_iteration == min(val, key=lambda r: r["mse"])["iteration"]
+    assert result.test.metric == "mse" and result.test.n == 30 and result.test.spec.shots == 5
+    # evaluation-time algorithm arguments apply to the rebuilt model
+    _, one_step = evaluate_run(tmp_path / "sin", ["algorithm.args.eval_inner_steps=0", "eval.episodes=30"], progress=False)
+    assert one_step.mean != result.test.mean
