@@ -1,6 +1,6 @@
 """Train a recipe (optionally shortened), evaluate it, and record a results row.
 
-    python benchmarks/reproduce.py RECIPE [--iterations N] [--also NAME:OVERRIDE ...] [--run-dir DIR]
+    python benchmarks/reproduce.py RECIPE [--iterations N] [--set KEY=VALUE ...] [--also NAME:OVERRIDE ...] [--run-dir DIR]
 
 Appends one JSON row per evaluated recipe to ``benchmarks/results/reproductions.jsonl``:
 recipe, paper figure, ours (mean ± CI, n), wall time, iterations, machine, commit,
@@ -39,9 +39,10 @@ def main() -> None:
     parser.add_argument("--also", nargs="*", default=[], help="RECIPE:override[,override] evaluated on the same model")
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--note", default="")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="further config overrides")
     args = parser.parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    overrides = [f"train.iterations={args.iterations}"] if args.iterations else []
+    overrides = ([f"train.iterations={args.iterations}"] if args.iterations else []) + args.set
     start = time.perf_counter()
     result = train(args.recipe, overrides, run_dir=args.run_dir, progress=sys.stderr.isatty())
     seconds = time.perf_counter() - start
