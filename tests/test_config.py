@@ -38,6 +38,8 @@ def test_component_arguments_are_checked():
         validate(apply_overrides(recipe, ["backbone.name=conv5"]))
     with pytest.raises(ConfigError, match="eval.bn_policy is 'batch' but backbone.args.bn is 'running'"):
         validate(apply_overrides(recipe, ["eval.bn_policy=batch"]))
+    with pytest.raises(ConfigError, match="must be a multiple of train.log_every"):
+        validate(apply_overrides(recipe, ["train.log_every=100", "train.checkpoint_every=250"]))
     with pytest.raises(ConfigError, match="train.iterations must be >= 1"):
         validate(apply_overrides(recipe, ["train.iterations=0"]))
 

@@ -51,6 +51,11 @@ def validate(config: Config) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    if config.train.checkpoint_every % config.train.log_every:
+        raise ConfigError(
+            f"train.checkpoint_every ({config.train.checkpoint_every}) must be a multiple of train.log_every "
+            f"({config.train.log_every}), so that a resumed run logs exactly what an uninterrupted one does"
+        )
     if config.train.val_every < 0:
         raise ConfigError(f"train.val_every must be >= 0, got {config.train.val_every}")
     task_spec(config.train_task), task_spec(config.eval_task)

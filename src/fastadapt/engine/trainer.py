@@ -196,16 +196,18 @@ class _Loop:
 
             bar = tqdm(total=total, initial=self.iteration, desc=self.config.name or "train", unit="it")
         self.model.train()
-        window_start, window_episodes = time.perf_counter(), 0
+        window_start, window_steps, loss_sum, metric_sum = time.perf_counter(), 0, 0.0, 0.0
         while self.iteration < total:
-            loss, acc = self._step()
+            loss, value = self._step()
             self.iteration += 1
-            window_episodes += self.config.train_task.batch_size
+            window_steps, loss_sum, metric_sum = window_steps + 1, loss_sum + loss, metric_sum + value
             if self.iteration % self.config.train.log_every == 0 or self.iteration == total:
                 now = time.perf_counter()
-                rate = window_episodes / max(now - window_start, 1e-9)
+                rate = window_steps * self.config.train_task.batch_size / max(now - window_start, 1e-9)
                 self.elapsed += now - window_start
-                window_start, window_episodes = now, 0
+                # Train loss and metric are means over the iterations since the last row.
+                loss, acc = loss_sum / window_steps, metric_sum / window_steps
+                window_start, window_steps, loss_sum, metric_sum = now, 0, 0.0, 0.0
                 row = {"iteration": self.iteration, "split": "train", "loss": loss, self.metric: acc,
                        "lr": self.optimizer.param_groups[0]["lr"], "episodes_per_s": rate, "elapsed_s": self.elapsed}
                 self.log.log(row)
