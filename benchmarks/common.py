@@ -19,6 +19,7 @@ import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+
 # glibc keeps freed memory in the process with these (see benchmarks/README.md).
 TUNED_MALLOC = {
     "MALLOC_MMAP_THRESHOLD_": str(4 * 1024**3),
@@ -38,10 +39,13 @@ def commit() -> str:
     return sha + ("+dirty" if dirty else "")
 
 
+_COMMIT_AT_START = commit()
+
+
 def environment() -> dict[str, Any]:
-    """Facts that qualify every figure."""
+    """Facts that qualify every figure; the commit is HEAD when the script started."""
     return {
-        "commit": commit(),
+        "commit": _COMMIT_AT_START,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),

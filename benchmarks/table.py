@@ -56,10 +56,10 @@ TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching":
 def main() -> None:
     text = README.read_text()
     for name, make in TABLES.items():
-        pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(\n<!-- /table:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(<!-- /table:{name} -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"{README} has no <!-- table:{name} --> markers")
-        text = pattern.sub(lambda m: m.group(1) + make() + m.group(2), text)
+        text = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(2), text)
     README.write_text(text)
 
 
