@@ -103,3 +103,15 @@ def test_regression_recipe_runs_and_selects_lowest_mse(tmp_path):
     # evaluation-time algorithm arguments apply to the rebuilt model
     _, one_step = evaluate_run(tmp_path / "sin", ["algorithm.args.eval_inner_steps=0", "eval.episodes=30"], progress=False)
     assert one_step.mean != result.test.mean
+
+
+def test_tensorboard_logging_or_a_clear_install_hint(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(RuntimeError, match=r"pip install fastadapt\[tensorboard\]"):
+            train("omniglot/protonet-5w1s", TINY, run_dir=tmp_path / "tb", progress=False, tensorboard=True)
+        assert not (tmp_path / "tb").exists()  # refused before anything is written
+    else:
+        train("omniglot/protonet-5w1s", TINY, run_dir=tmp_path / "tb", progress=False, tensorboard=True)
+        assert any((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))

@@ -101,6 +101,8 @@ def train(
         download: fetch the dataset if no local copy is found.
     """
     started = time.perf_counter()
+    if tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise RuntimeError("TensorBoard logging needs `pip install fastadapt[tensorboard]`")
     if resume:
         if run_dir is None:
             raise ValueError("resume needs the run directory to continue")
