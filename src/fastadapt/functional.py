@@ -1,7 +1,8 @@
 """Pure tensor functions shared by the algorithms and the engine.
 
-Nothing here holds state or touches a module: metrics, confidence intervals,
-prototypes and pairwise distances, each stated with its shapes.
+Nothing here holds state or changes a module: metrics, confidence intervals,
+prototypes, pairwise distances and per-class reductions over a support set,
+each stated with its shapes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 from typing import NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 class MeanCI(NamedTuple):
@@ -93,3 +94,77 @@ def cosine_similarity(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     a = a / a.norm(dim=-1, keepdim=True).clamp_min(eps)
     b = b / b.norm(dim=-1, keepdim=True).clamp_min(eps)
     return a @ b.transpose(-1, -2)
+
+
+def embed_episodes(backbone: nn.Module, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
+    """Run ``backbone`` once over every task's support and query examples.
+
+    Args:
+        backbone: maps ``(N, *example_shape)`` to features ``(N, *feature_shape)``
+            (embeddings ``(N, D)`` or feature maps ``(N, C, H, W)``).
+        support_x: ``(B, N_s, *example_shape)``.
+        query_x: ``(B, N_q, *example_shape)``.
+
+    Returns:
+        ``(B, N_s, *feature_shape)`` and ``(B, N_q, *feature_shape)``, unflattened.
+    """
+    tasks, n_support, n_query = support_x.shape[0], support_x.shape[1], query_x.shape[1]
+    features = backbone(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))  # (B*(N_s+N_q), *F)
+    support, query = features.split([tasks * n_support, tasks * n_query])
+    return support.unflatten(0, (tasks, n_support)), query.unflatten(0, (tasks, n_query))
+
+
+def mask_by_class(scores: Tensor, labels: Tensor, ways: int) -> Tensor:
+    """Scores against support examples, split by the examples' classes.
+
+    Args:
+        scores: ``(B, Q, N)`` one score per (query, support example).
+        labels: ``(B, N)`` int64 support labels in ``[0, ways)``.
+        ways: number of classes.
+
+    Returns:
+        ``(B, Q, N, ways)``: ``scores[b, q, n]`` where ``labels[b, n] == c``, ``-inf`` elsewhere,
+        ready for a reduction over ``N`` (``dim=-2``).
+    """
+    member = torch.nn.functional.one_hot(labels, ways).bool().unsqueeze(1)  # (B, 1, N, ways)
+    return scores.unsqueeze(-1).masked_fill(~member, float("-inf"))
+
+
+def class_logsumexp(scores: Tensor, labels: Tensor, ways: int) -> Tensor:
+    """``log sum_{n: labels[n] = c} exp(scores[..., n])`` for every class ``c``.
+
+    With ``scores = log_softmax(similarities)`` this is the log-probability of the
+    attention-weighted one-hot label distribution of Matching Networks
+    (Vinyals et al. 2016, eq. 1): ``log sum_n a(x, x_n) [y_n = c]``.
+
+    Args:
+        scores: ``(B, Q, N)``.
+        labels: ``(B, N)`` int64 support labels in ``[0, ways)``.
+        ways: number of classes.
+
+    Returns:
+        ``(B, Q, ways)``; ``-inf`` for a class without support examples.
+    """
+    return mask_by_class(scores, labels, ways).logsumexp(-2)
+
+
+def class_max(scores: Tensor, labels: Tensor, ways: int) -> Tensor:
+    """``max_{n: labels[n] = c} scores[..., n]`` for every class ``c``: ``(B, Q, ways)`` from
+    ``scores`` ``(B, Q, N)`` and ``labels`` ``(B, N)``, shaped like ``class_logsumexp``."""
+    return mask_by_class(scores, labels, ways).amax(-2)
+
+
+def class_sums(embeddings: Tensor, labels: Tensor, ways: int) -> Tensor:
+    """Per-class sums of support features (Relation Networks' K-shot class representation).
+
+    Args:
+        embeddings: ``(B, N, *feature_shape)``.
+        labels: ``(B, N)`` int64 labels in ``[0, ways)``.
+        ways: number of classes.
+
+    Returns:
+        ``(B, ways, *feature_shape)``; zeros for a class without support examples.
+    """
+    one_hot = torch.nn.functional.one_hot(labels, ways).to(embeddings.dtype)  # (B, N, ways)
+    sums = one_hot.transpose(1, 2) @ embeddings.flatten(2)  # (B, ways, prod(feature_shape))
+    return sums.unflatten(-1, embeddings.shape[2:])

@@ -13,10 +13,19 @@ SPEC = TaskSpec(ways=3, shots=2, queries=2)
 
 # Algorithms whose backbone must output logits (a head with `ways` outputs), not embeddings.
 LOGIT_BACKBONES = {"maml", "anil", "metasgd", "reptile"}
+# Algorithms needing another backbone (and its arguments) than the default Conv-4.
+BACKBONES = {
+    "relation": (("relation_encoder", {"hidden": 8, "bn": "running", "padding": "same"}), {"image_size": 16}),
+    "matching": (("conv4", {"hidden": 8, "bn": "running", "image_size": 16}), {"embedding_dim": 8, "fce": True}),
+    "siamese": (("conv4", {"hidden": 8, "bn": "running", "image_size": 16}), {"embedding_dim": 8}),
+}
 
 
 def build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
+    if name in BACKBONES:
+        (backbone_name, backbone_args), algorithm_args = BACKBONES[name]
+        return create_algorithm(name, create_model(backbone_name, **backbone_args), **algorithm_args)
     head = SPEC.ways if name in LOGIT_BACKBONES else None
     backbone = create_model("conv4", hidden=8, bn="running", image_size=16, out_features=head)
     return create_algorithm(name, backbone)

@@ -115,3 +115,18 @@ def test_tensorboard_logging_or_a_clear_install_hint(tmp_path):
     else:
         train("omniglot/protonet-5w1s", TINY, run_dir=tmp_path / "tb", progress=False, tensorboard=True)
         assert any((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_siamese_trains_on_pairs_and_is_tested_on_episodes(tmp_path):
+    from fastadapt.engine.build import build_source
+    from fastadapt.engine.trainer import resolve_config
+    from fastadapt.tasks import EpisodeSampler, PairSampler
+
+    overrides = [o for o in TINY if not o.startswith(("train_task.", "backbone.args.hidden"))]
+    overrides += ["backbone.args.hidden=8", "algorithm.args.embedding_dim=8", "train_task.batch_size=16"]
+    config = resolve_config("omniglot/siamese-5w1s", overrides)
+    assert isinstance(build_source(config, "train"), PairSampler)
+    assert isinstance(build_source(config, "test"), EpisodeSampler)
+    result = train(config, run_dir=tmp_path / "siamese", progress=False)
+    rows = read_metrics(tmp_path / "siamese" / "metrics.jsonl")
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows) and result.test.spec.ways == 5

@@ -4,7 +4,7 @@ import torch
 from fastadapt.models import create_model, list_models
 from fastadapt.registry import UnknownNameError
 
-INPUTS = {"conv4": torch.randn(6, 1, 28, 28), "mlp": torch.randn(6, 1)}
+INPUTS = {"conv4": torch.randn(6, 1, 28, 28), "mlp": torch.randn(6, 1), "relation_encoder": torch.randn(6, 1, 28, 28)}
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -12,11 +12,15 @@ from fastadapt.algorithms.base import (
 )
 from fastadapt.algorithms.anil import ANIL
 from fastadapt.algorithms.maml import MAML
+from fastadapt.algorithms.matching import MatchingNet
 from fastadapt.algorithms.metasgd import MetaSGD
 from fastadapt.algorithms.protonet import ProtoNet
+from fastadapt.algorithms.relation import RelationNet
 from fastadapt.algorithms.reptile import Reptile
+from fastadapt.algorithms.siamese import SiameseNet
 
 __all__ = [
-    "ALGORITHMS", "ANIL", "MAML", "MetaLearner", "MetaOutput", "MetaSGD", "ProtoNet", "Reptile",
+    "ALGORITHMS", "ANIL", "MAML", "MatchingNet", "MetaLearner", "MetaOutput", "MetaSGD", "ProtoNet",
+    "RelationNet", "Reptile", "SiameseNet",
     "create_algorithm", "register_algorithm",
 ]

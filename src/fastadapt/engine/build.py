@@ -16,6 +16,7 @@ from fastadapt.config import Config, ConfigError, TaskConfig, check_component_ar
 from fastadapt.data.base import ClassDataset
 from fastadapt.data.registry import load_dataset
 from fastadapt.models import BACKBONES, create_model
+from fastadapt.tasks.pairs import PairSampler
 from fastadapt.tasks.sampler import EpisodeSampler, TaskSource
 from fastadapt.tasks.sinusoid import SinusoidTasks
 from fastadapt.tasks.spec import TaskSpec
@@ -109,6 +110,8 @@ def build_source(
         # One distribution for all partitions: disjoint counter streams keep them apart.
         return SinusoidTasks(task.shots, task.queries, seed=3 * seed + _PARTITION_STREAM[partition])
     dataset = load_partition(config, partition, data_dir, cache_dir, download)
+    if partition == "train" and getattr(ALGORITHMS.get(config.algorithm.name), "train_on", "episodes") == "pairs":
+        return PairSampler(dataset, seed=seed)  # verification learners (Siamese) train on pairs
     return EpisodeSampler(dataset, task_spec(task), seed=seed)
 
 

@@ -31,6 +31,7 @@ def list_recipes() -> list[str]:
 
 from fastadapt.recipes import omniglot as _omniglot  # noqa: E402,F401  (registers)
 from fastadapt.recipes import omniglot_gradient as _omniglot_gradient  # noqa: E402,F401
+from fastadapt.recipes import omniglot_metric as _omniglot_metric  # noqa: E402,F401
 from fastadapt.recipes import sinusoid as _sinusoid  # noqa: E402,F401
 
 __all__ = ["RECIPES", "get_recipe", "list_recipes", "register_recipe"]

@@ -1,5 +1,6 @@
 """Episodic task layer: task specs, episodes, seeded samplers and task distributions."""
 
+from fastadapt.tasks.pairs import PairBatch, PairSampler
 from fastadapt.tasks.sampler import (
     EpisodeSampler,
     TaskSource,
@@ -14,6 +15,8 @@ __all__ = [
     "Episode",
     "EpisodeBatch",
     "EpisodeSampler",
+    "PairBatch",
+    "PairSampler",
     "SinusoidTasks",
     "TaskSource",
     "TaskSpec",
