@@ -27,9 +27,13 @@ CONFIGS = [  # (ways, shots, queries, meta-batch)
 ]
 
 
-def measure(data_dir: str | None, repeats: int) -> None:
+def measure(data_dir: str | None, repeats: int, mallopt: bool) -> None:
     """Child process: time loading and sampling, print one JSON object per figure."""
     from fastadapt.data.omniglot import load_omniglot
+    from fastadapt.runtime import tune_allocator
+
+    if mallopt and not tune_allocator():
+        raise SystemExit("fastadapt.runtime.tune_allocator had no effect (not glibc?)")
     from fastadapt.tasks import EpisodeSampler, TaskSpec
 
     with tempfile.TemporaryDirectory() as cache:
@@ -80,17 +84,20 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mallopt", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        measure(args.data_dir, args.repeats)
+        measure(args.data_dir, args.repeats, args.mallopt)
         return
     latest = []
-    for malloc in ("default", "tuned"):
-        env = dict(os.environ, **(TUNED_MALLOC if malloc == "tuned" else {}))
-        if malloc == "default":
-            for key in TUNED_MALLOC:
-                env.pop(key, None)
+    # default glibc malloc; tuned through the environment; tuned by fastadapt.runtime.tune_allocator
+    for malloc in ("default", "tuned", "tune_allocator"):
+        env = {k: v for k, v in os.environ.items() if k not in TUNED_MALLOC}
+        if malloc == "tuned":
+            env.update(TUNED_MALLOC)
         cmd = [sys.executable, __file__, "--child", "--repeats", str(args.repeats)]
+        if malloc == "tune_allocator":
+            cmd.append("--mallopt")
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout

@@ -88,6 +88,8 @@ class TrainConfig:
     """seeds the episode streams and the initialisation"""
     threads: int = 0
     """torch intra-op threads (0: leave torch's default)"""
+    tune_allocator: bool = True
+    """keep freed memory in the process (glibc malloc; see fastadapt.runtime)"""
 
 
 @dataclass

@@ -29,6 +29,7 @@ from fastadapt.engine.checkpoint import load_checkpoint, save_atomic
 from fastadapt.engine.evaluate import METRICS, EvalResult, evaluate
 from fastadapt.engine.metrics_log import MetricsLog
 from fastadapt.recipes import get_recipe
+from fastadapt.runtime import tune_allocator
 from fastadapt.tasks.sampler import batch_at
 
 
@@ -146,6 +147,8 @@ class _Loop:
     ) -> None:
         if config.train.threads > 0:
             torch.set_num_threads(config.train.threads)
+        if config.train.tune_allocator:
+            tune_allocator()
         self.config, self.run_dir = config, run_dir
         self.data_dir, self.cache_dir = data_dir, cache_dir
         self.model = build.build_model(config)
