@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 import fastadapt
@@ -54,9 +56,15 @@ def test_train_eval_resume_plot_in_process(tmp_path, capsys):
     # resuming a finished run trains nothing more and reports the same figure
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert "accuracy = " in capsys.readouterr().out
+    # one call, several task specs: a table, eval_grid.json, and the grid plot
+    assert main(["eval", str(run), "eval.episodes=4", "eval_task.queries=5", "--ways", "3", "5", "--shots", "1", "2", "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    assert "| 3-way |" in table and "| 5-way |" in table and "2-shot" in table and "n=4 episodes" in table
+    assert len(json.loads((run / "eval_grid.json").read_text())["results"]) == 4
     assert main(["plot", str(run)]) == 0
     png = run / "plots" / "learning_curves.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert (run / "plots" / "accuracy_vs_shots_and_ways.png").stat().st_size > 10_000
     # errors are reported with a message and status 1, not a traceback
     assert main(["train", "omniglot/protonet-5w1s", "train.iteration=3", "--run-dir", str(tmp_path / "x")]) == 1
     assert "did you mean 'iterations'" in capsys.readouterr().err

@@ -39,6 +39,15 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from fastadapt.engine.trainer import describe, evaluate_run
 
+    if args.ways or args.shots:
+        from fastadapt.engine.grid import evaluate_grid, grid_table
+
+        _, results = evaluate_grid(
+            args.path, args.ways, args.shots, args.overrides,
+            data_dir=args.data_dir, cache_dir=args.cache_dir, progress=not args.no_progress,
+        )
+        print(grid_table(results))
+        return 0
     config, result = evaluate_run(
         args.path, args.overrides, data_dir=args.data_dir, cache_dir=args.cache_dir, progress=not args.no_progress
     )
@@ -109,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a trained run or checkpoint on the test split")
     evaluate.add_argument("path", help="run directory or checkpoint file")
     evaluate.add_argument("overrides", nargs="*", help="e.g. eval_task.ways=20 eval_task.shots=5")
+    evaluate.add_argument("--ways", type=int, nargs="+", default=None, help="evaluate each of these ways (a grid with --shots)")
+    evaluate.add_argument("--shots", type=int, nargs="+", default=None, help="evaluate each of these shots")
     evaluate.add_argument("--no-progress", action="store_true")
     _data_options(evaluate)
     evaluate.set_defaults(handler=_eval)

@@ -1,6 +1,6 @@
 """Engine: training loop, evaluation protocol, checkpoints, logging, plots."""
 
 from fastadapt.engine.evaluate import EvalResult, Predictor, evaluate
-from fastadapt.engine.trainer import NonFiniteLossError, RunResult, evaluate_run, train
+from fastadapt.engine.trainer import NonFiniteLossError, RunResult, evaluate_run, load_learner, train
 
-__all__ = ["EvalResult", "NonFiniteLossError", "Predictor", "RunResult", "evaluate", "evaluate_run", "train"]
+__all__ = ["EvalResult", "NonFiniteLossError", "Predictor", "RunResult", "evaluate", "evaluate_run", "load_learner", "train"]

@@ -46,4 +46,30 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     path = out / "learning_curves.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return [path]
+    paths = [path]
+    if (run_dir / "eval_grid.json").is_file():
+        paths.append(_plot_grid(plt, run_dir, out))
+    return paths
+
+
+def _plot_grid(plt, run_dir: Path, out: Path) -> Path:  # type: ignore[no-untyped-def]
+    """Accuracy against shots (one line per ways) and against ways (one line per shots)."""
+    import json
+
+    rows = json.loads((run_dir / "eval_grid.json").read_text())["results"]
+    scale = 100.0 if rows[0]["metric"] == "accuracy" else 1.0
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (x_key, line_key) in zip(axes, (("shots", "ways"), ("ways", "shots"))):
+        for value in sorted({r[line_key] for r in rows}):
+            line = sorted((r for r in rows if r[line_key] == value), key=lambda r: r[x_key])
+            xs, ys = [r[x_key] for r in line], [scale * r["mean"] for r in line]
+            ci = [scale * r["ci95"] for r in line]
+            ax.errorbar(xs, ys, yerr=ci, marker="o", capsize=3, label=f"{value} {line_key}")
+        ax.set_xlabel(x_key), ax.set_ylabel(rows[0]["metric"] + (" (%)" if scale == 100.0 else ""))
+        ax.grid(alpha=0.3), ax.legend()
+    fig.suptitle(f"{run_dir.name}: test {rows[0]['metric']} (95% CI)")
+    fig.tight_layout()
+    path = out / "accuracy_vs_shots_and_ways.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

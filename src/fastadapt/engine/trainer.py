@@ -315,6 +315,17 @@ def load_for_eval(path: str | Path, overrides: list[str] | None = None) -> tuple
     return config, model, checkpoint
 
 
+def load_learner(path: str | Path) -> tuple[Config, nn.Module]:
+    """A trained learner (in eval mode) and its config, from a run directory or checkpoint file.
+
+    Example:
+        >>> config, learner = load_learner("runs/omniglot_protonet-5w1s/20261122-184026")  # doctest: +SKIP
+        >>> logits = learner.predict(support_x, support_y, query_x)  # doctest: +SKIP
+    """
+    config, model, _ = load_for_eval(path)
+    return config, model.eval()
+
+
 def evaluate_run(
     path: str | Path,
     overrides: list[str] | None = None,
