@@ -78,7 +78,8 @@ def maml_20w5s() -> Config:
 @register_recipe
 def fomaml_5w1s() -> Config:
     source = "Nichol et al. 2018, Reptile, Omniglot table, '1st-order MAML + Transduction' (arXiv:1803.02999)"
-    config = _maml("omniglot/fomaml-5w1s", 5, 1, 98.3, 0.5, source, first_order=True)
+    # First order through BatchNorm is correct under vmap, and 1.4x faster (benchmarks/README.md).
+    config = _maml("omniglot/fomaml-5w1s", 5, 1, 98.3, 0.5, source, first_order=True, task_batching="vmap")
     config.description = "first-order MAML on Omniglot 5-way 1-shot (MAML split, transductive BN)"
     return config
 
