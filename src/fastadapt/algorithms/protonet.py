@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaOutput, infer_ways, register_algorithm
-from fastadapt.functional import cosine_similarity, prototypes, squared_euclidean
+from fastadapt.functional import cosine_similarity, embed_episodes, prototypes, squared_euclidean
 from fastadapt.tasks.spec import EpisodeBatch
 
 DISTANCES = ("euclidean", "cosine")
@@ -58,13 +58,10 @@ class ProtoNet(nn.Module):
         """Embed all tasks' support and query examples in one backbone call.
 
         Returns:
-            ``(B, N_s, D)`` and ``(B, N_q, D)``.
+            ``(B, N_s, D)`` and ``(B, N_q, D)`` (feature maps are flattened).
         """
-        tasks, n_support = support_x.shape[:2]
-        x = torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)])  # (B*(N_s+N_q), ...)
-        z = self.backbone(x).flatten(1)  # (B*(N_s+N_q), D)
-        z_support, z_query = z.split([tasks * n_support, z.shape[0] - tasks * n_support])
-        return z_support.view(tasks, n_support, -1), z_query.view(tasks, -1, z.shape[-1])
+        z_support, z_query = embed_episodes(self.backbone, support_x, query_x)
+        return z_support.flatten(2), z_query.flatten(2)
 
     def logits(self, z_support: Tensor, support_y: Tensor, z_query: Tensor, ways: int) -> Tensor:
         """``(B, N_q, ways)`` logits from embeddings ``(B, N_s, D)``, ``(B, N_q, D)``."""
