@@ -18,6 +18,7 @@ import tempfile
 import time
 
 import numpy as np
+import torch
 
 from common import TUNED_MALLOC, append_row, environment, read_rows
 
@@ -54,23 +55,34 @@ def measure(data_dir: str | None, repeats: int, mallopt: bool) -> None:
             sampler.sample(np.arange(step * batch, (step + 1) * batch))
             times.append(time.perf_counter() - start)
         t = np.array(times)
+        # The floor: one bare gather of the same number of random rows from the same table.
+        table = train.augmented
+        rows = batch * ways * (shots + queries)
+        floor = []
+        for step in range(50):
+            index = torch.from_numpy(np.random.default_rng(step).integers(0, len(table), rows))
+            start = time.perf_counter()
+            table.index_select(0, index)
+            floor.append(time.perf_counter() - start)
         print(json.dumps({
             "figure": "sampling", "ways": ways, "shots": shots, "queries": queries, "batch": batch,
             "classes": sampler.num_classes, "episodes_per_s": batch * repeats / t.sum(),
             "median_ms": 1e3 * float(np.median(t)), "min_ms": 1e3 * float(t.min()), "max_ms": 1e3 * float(t.max()),
+            "bare_gather_ms": 1e3 * float(np.median(floor)), "megabytes": rows * table[0].nbytes / 1e6,
         }))
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| config | malloc | episodes/s | median ms / meta-batch | classes | commit |",
-        "| --- | --- | ---: | ---: | ---: | --- |",
+        "| config | malloc | episodes/s | median ms / meta-batch | bare gather of the same rows, ms (MB) | classes | commit |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         if r["figure"] == "sampling":
             lines.append(
                 f"| {r['ways']}w{r['shots']}s{r['queries']}q x{r['batch']} | {r['malloc']} | "
-                f"{r['episodes_per_s']:,.0f} | {r['median_ms']:.2f} | {r['classes']} | {r['commit']} |"
+                f"{r['episodes_per_s']:,.0f} | {r['median_ms']:.2f} | "
+                f"{r.get('bare_gather_ms', float('nan')):.2f} ({r.get('megabytes', float('nan')):.1f}) | {r['classes']} | {r['commit']} |"
             )
     lines += ["", "| load | malloc | cold (decode + cache) s | cached s | commit |", "| --- | --- | ---: | ---: | --- |"]
     for r in rows:
