@@ -4,9 +4,9 @@
 system after every step. By default glibc serves big temporaries (a meta-batch, a
 layer's activations) with fresh ``mmap`` calls and unmaps them when freed, so every
 training step page-faults the same memory back in; on the project's VM the design
-notes measured 15-30% of a meta-iteration, and ``benchmarks/README.md`` up to 10% of
-episode-sampling throughput (more on a loaded machine). Keeping freed memory in the
-process removes it, at the price of a resident size that stays at its peak.
+notes measured 15-30% of a meta-iteration (episode sampling alone is within noise on a
+quiet machine, ``benchmarks/README.md``). Keeping freed memory in the process removes
+it, at the price of a resident size that stays at its peak.
 """
 
 from __future__ import annotations
