@@ -4,7 +4,7 @@
 
 Each (config, batching) runs in its own process (so peak RSS is its own), with a
 warm-up iteration excluded. Appends rows to ``results/task_batching.jsonl`` and prints
-the table; the faster correct path is MAML's default (``task_batching``).
+the table. ``benchmarks/README.md`` records which path MAML uses by default and why.
 """
 
 from __future__ import annotations

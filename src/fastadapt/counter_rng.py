@@ -58,5 +58,6 @@ def uniform(*coords: int | np.ndarray) -> np.ndarray:
 
 
 def integers(high: int | np.ndarray, *coords: int | np.ndarray) -> np.ndarray:
-    """Int64 draws in ``[0, high)`` (bias below 2**-40 for ``high`` < 2**13)."""
+    """Int64 draws in ``[0, high)`` by scaling a 53-bit uniform; a value's probability is off
+    from ``1/high`` by at most ``1/2**53`` (``high`` < 2**53)."""
     return np.floor(uniform(*coords) * high).astype(np.int64)

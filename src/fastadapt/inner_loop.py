@@ -191,24 +191,19 @@ def has_affine_batch_norm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine for m in module.modules())
 
 
-def check_vmap(module: nn.Module, batching: str, first_order: bool) -> None:
-    """Refuse the combination whose meta-gradient is wrong under ``vmap`` in torch <= 2.13."""
-    if batching not in ("loop", "vmap"):
-        raise ValueError(f"task_batching must be 'loop' or 'vmap', got {batching!r}")
-    if batching == "vmap" and not first_order and has_affine_batch_norm(module):
-        raise ValueError(
-            "task_batching='vmap' with second-order meta-gradients through an affine nn.BatchNorm is "
-            "wrong in torch <= 2.13 (functorch#534); use task_batching='loop', first_order=True, or "
-            "a backbone without affine BatchNorm"
-        )
-
-
 def buffer_copies(module: nn.Module) -> Params:
     """Copies of ``module``'s buffers: functional calls given these never touch the module's own."""
     return {n: b.clone() for n, b in module.named_buffers()}
 
 
 LOSSES: dict[str, LossFn] = {"cross_entropy": torch.nn.functional.cross_entropy, "mse": torch.nn.functional.mse_loss}
+
+
+def loss_function(name: str) -> LossFn:
+    """The inner/outer loss registered as ``name``; raises naming the valid choices."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
+    return LOSSES[name]
 
 
 @dataclass(frozen=True)
@@ -231,18 +226,35 @@ class InnerLoop:
     batching: str = "loop"
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; choose one of {sorted(LOSSES)}")
+        loss_function(self.loss)
         if self.steps < 0 or self.eval_steps < 0:
             raise ValueError(f"inner steps must be >= 0, got {self.steps} and {self.eval_steps}")
         if self.batching not in ("loop", "vmap"):
             raise ValueError(f"task_batching must be 'loop' or 'vmap', got {self.batching!r}")
 
+    @classmethod
+    def for_backbone(
+        cls, backbone: nn.Module, loss: str, steps: int, eval_steps: int | None, first_order: bool,
+        adapt: str | None, batching: str,
+    ) -> InnerLoop:
+        """Settings checked against ``backbone``: ``adapt`` (a name pattern) selects the adapted
+        parameters, ``eval_steps=None`` means ``steps``, and ``vmap`` is refused where torch <= 2.13
+        gets second-order meta-gradients through an affine ``nn.BatchNorm`` wrong (functorch#534)."""
+        names = select(dict(backbone.named_parameters()), adapt)
+        loop = cls(loss, steps, steps if eval_steps is None else eval_steps, first_order, names, batching)
+        if batching == "vmap" and not first_order and has_affine_batch_norm(backbone):
+            raise ValueError(
+                "task_batching='vmap' with second-order meta-gradients through an affine nn.BatchNorm is "
+                "wrong in torch <= 2.13 (functorch#534); use task_batching='loop', first_order=True, or "
+                "a backbone without affine BatchNorm"
+            )
+        return loop
+
     def meta_loss(self, backbone: nn.Module, batch: Any, lr: float | Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Mean query loss and query outputs of an ``EpisodeBatch`` (see ``meta_batch_loss``)."""
         return meta_batch_loss(
             backbone, dict(backbone.named_parameters()), buffer_copies(backbone),
-            batch.support_x, batch.support_y, batch.query_x, batch.query_y, LOSSES[self.loss],
+            batch.support_x, batch.support_y, batch.query_x, batch.query_y, loss_function(self.loss),
             self.steps, lr, self.first_order, self.names, self.batching,
         )
 
@@ -252,5 +264,5 @@ class InnerLoop:
         """Query outputs after ``eval_steps`` of adaptation (see ``adapted_predictions``)."""
         return adapted_predictions(
             backbone, dict(backbone.named_parameters()), buffer_copies(backbone), support_x, support_y,
-            query_x, LOSSES[self.loss], self.eval_steps, lr, self.names,
+            query_x, loss_function(self.loss), self.eval_steps, lr, self.names,
         )

@@ -12,7 +12,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaOutput, register_algorithm
-from fastadapt.inner_loop import InnerLoop, check_vmap, select
+from fastadapt.inner_loop import InnerLoop
 from fastadapt.tasks.spec import EpisodeBatch
 
 
@@ -38,11 +38,10 @@ class ANIL(nn.Module):
         task_batching: Literal["loop", "vmap"] = "loop",
     ) -> None:
         super().__init__()
-        check_vmap(backbone, task_batching, first_order)
         self.backbone, self.inner_lr = backbone, inner_lr
-        names = select(dict(backbone.named_parameters()), head)
-        steps = inner_steps if eval_inner_steps is None else eval_inner_steps
-        self.inner = InnerLoop(loss, inner_steps, steps, first_order, names, task_batching)
+        self.inner = InnerLoop.for_backbone(
+            backbone, loss, inner_steps, eval_inner_steps, first_order, head, task_batching
+        )
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
         return MetaOutput(*self.inner.meta_loss(self.backbone, batch, self.inner_lr))

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaOutput, register_algorithm
-from fastadapt.inner_loop import InnerLoop, check_vmap, select
+from fastadapt.inner_loop import InnerLoop
 from fastadapt.tasks.spec import EpisodeBatch
 
 
@@ -44,13 +44,12 @@ class MetaSGD(nn.Module):
         task_batching: Literal["loop", "vmap"] = "loop",
     ) -> None:
         super().__init__()
-        check_vmap(backbone, task_batching, first_order)
         self.backbone = backbone
+        self.inner = InnerLoop.for_backbone(backbone, loss, inner_steps, eval_inner_steps, first_order, adapt, task_batching)
         params = dict(backbone.named_parameters())
-        names = select(params, adapt)
-        self.lrs = nn.ParameterDict({_key(n): nn.Parameter(torch.full_like(params[n], inner_lr)) for n in names})
-        steps = inner_steps if eval_inner_steps is None else eval_inner_steps
-        self.inner = InnerLoop(loss, inner_steps, steps, first_order, names, task_batching)
+        self.lrs = nn.ParameterDict(
+            {_key(n): nn.Parameter(torch.full_like(params[n], inner_lr)) for n in self.inner.names or []}
+        )
 
     def learning_rates(self) -> dict[str, Tensor]:
         """The learned per-entry inner learning rates, keyed by parameter name."""

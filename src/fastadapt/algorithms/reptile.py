@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaOutput, register_algorithm
-from fastadapt.inner_loop import LOSSES, Params, buffer_copies, forward
+from fastadapt.inner_loop import Params, buffer_copies, forward, loss_function
 from fastadapt.tasks.spec import EpisodeBatch
 
 
@@ -55,13 +55,11 @@ class Reptile(nn.Module):
         super().__init__()
         if inner_optimizer not in ("adam", "sgd"):
             raise ValueError(f"inner_optimizer must be 'adam' or 'sgd', got {inner_optimizer!r}")
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; choose one of {sorted(LOSSES)}")
         if inner_steps < 0 or eval_inner_steps < 0 or inner_batch < 1:
             raise ValueError(f"need steps >= 0 and inner_batch >= 1, got {inner_steps}, {eval_inner_steps}, {inner_batch}")
         self.backbone, self.inner_lr, self.inner_optimizer = backbone, inner_lr, inner_optimizer
         self.inner_steps, self.eval_inner_steps, self.inner_batch = inner_steps, eval_inner_steps, inner_batch
-        self.loss, self.transductive = LOSSES[loss], transductive
+        self.loss, self.transductive = loss_function(loss), transductive
 
     def train_task(self, support_x: Tensor, support_y: Tensor, steps: int) -> Params:
         """Parameters after ``steps`` inner minibatch steps on one task (no graph kept).

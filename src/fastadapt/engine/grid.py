@@ -17,6 +17,7 @@ from fastadapt.config import Config, apply_overrides
 from fastadapt.engine import build
 from fastadapt.engine.evaluate import EvalResult
 from fastadapt.engine.trainer import load_for_eval, run_protocol
+from fastadapt.tasks.sampler import EpisodeSampler
 
 GRID_FILE = "eval_grid.json"
 
@@ -48,7 +49,7 @@ def evaluate_grid(
             if dataset is None:
                 sampler = build.build_source(spec_config, "test")
             else:
-                sampler = build.EpisodeSampler(dataset, build.task_spec(spec_config.eval_task), seed=config.eval.seed)
+                sampler = EpisodeSampler(dataset, build.task_spec(spec_config.eval_task), seed=config.eval.seed)
             results.append(run_protocol(model, sampler, spec_config, config.eval.episodes, progress))
     if Path(path).is_dir():
         rows = [r.as_dict() for r in results]
