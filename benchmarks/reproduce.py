@@ -1,6 +1,6 @@
 """Train a recipe (optionally shortened), evaluate it, and record a results row.
 
-    python benchmarks/reproduce.py RECIPE [--iterations N] [--set KEY=VALUE ...] [--also NAME:OVERRIDE ...] [--run-dir DIR]
+    python benchmarks/reproduce.py RECIPE [--iterations N] [--minutes M] [--set KEY=VALUE ...] [--also NAME:OVERRIDE ...] [--run-dir DIR]
 
 Appends one JSON row per evaluated recipe to ``benchmarks/results/reproductions.jsonl``:
 recipe, paper figure, ours (mean ± CI, n), wall time, iterations, machine, commit,
@@ -36,6 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
     parser.add_argument("--iterations", type=int, default=None)
+    parser.add_argument("--minutes", type=float, default=None, help="training time budget (train.max_minutes)")
     parser.add_argument("--also", nargs="*", default=[], help="RECIPE:override[,override] evaluated on the same model")
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--note", default="")
@@ -43,10 +44,12 @@ def main() -> None:
     args = parser.parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     overrides = ([f"train.iterations={args.iterations}"] if args.iterations else []) + args.set
+    if args.minutes:
+        overrides.append(f"train.max_minutes={args.minutes}")
     start = time.perf_counter()
     result = train(args.recipe, overrides, run_dir=args.run_dir, progress=sys.stderr.isatty())
     seconds = time.perf_counter() - start
-    iterations = result.config.train.iterations
+    iterations = result.iterations
     append_row("reproductions", row(args.recipe, result.test, seconds, iterations, command, args.note))
     print(f"{args.recipe}: {result.test}", flush=True)
     for item in args.also:

@@ -90,6 +90,10 @@ class TrainConfig:
     """torch intra-op threads (0: leave torch's default)"""
     tune_allocator: bool = True
     """keep freed memory in the process (glibc malloc; see fastadapt.runtime)"""
+    max_minutes: float = 0.0
+    """stop after this much wall time of training and validation, summed over resumes (0: no limit);
+    the run then validates, checkpoints and tests as if ``iterations`` were reached there,
+    and records the iterations it actually ran"""
 
 
 @dataclass

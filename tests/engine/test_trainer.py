@@ -130,3 +130,16 @@ def test_siamese_trains_on_pairs_and_is_tested_on_episodes(tmp_path):
     result = train(config, run_dir=tmp_path / "siamese", progress=False)
     rows = read_metrics(tmp_path / "siamese" / "metrics.jsonl")
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows) and result.test.spec.ways == 5
+
+
+def test_time_budget_stops_early_and_records_the_iterations_run(tmp_path):
+    # A budget far below one iteration's time stops after the first iteration, which is
+    # then logged, validated, checkpointed and tested like a normal last iteration.
+    overrides = [*TINY, "train.iterations=1000", "train.max_minutes=0.000001"]
+    result = train("omniglot/protonet-5w1s", overrides, run_dir=tmp_path / "run", progress=False)
+    assert result.iterations == 1 and result.config.train.iterations == 1000
+    rows = read_metrics(result.run_dir / "metrics.jsonl")
+    assert [(r["split"], r["iteration"]) for r in rows] == [("train", 1), ("val", 1)]
+    assert load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["iteration"] == 1
+    results = json.loads((result.run_dir / "results.json").read_text())
+    assert results["train_iterations"] == 1 and results["configured_iterations"] == 1000

@@ -48,6 +48,8 @@ class RunResult:
         best_iteration: iteration of the checkpoint evaluated.
         best_val: its validation accuracy (``None`` without validation).
         wall_s: seconds spent in this call.
+        iterations: meta-iterations trained (fewer than ``config.train.iterations``
+            when ``train.max_minutes`` stopped the run).
     """
 
     run_dir: Path
@@ -56,6 +58,7 @@ class RunResult:
     best_iteration: int
     best_val: float | None
     wall_s: float
+    iterations: int
 
 
 def resolve_config(recipe: str | Config, overrides: list[str] | None = None) -> Config:
@@ -135,7 +138,9 @@ def train(
         from fastadapt.engine.plot import plot_run
 
         plot_run(run_dir)
-    return RunResult(run_dir, config, test, loop.best_iteration, loop.best_val, time.perf_counter() - started)
+    return RunResult(
+        run_dir, config, test, loop.best_iteration, loop.best_val, time.perf_counter() - started, loop.iteration
+    )
 
 
 class _Loop:
@@ -201,11 +206,14 @@ class _Loop:
 
             bar = tqdm(total=total, initial=self.iteration, desc=self.config.name or "train", unit="it")
         self.model.train()
+        budget = 60.0 * self.config.train.max_minutes
         window_start, window_steps, loss_sum, metric_sum = time.perf_counter(), 0, 0.0, 0.0
         while self.iteration < total:
             loss, value = self._step()
             self.iteration += 1
             window_steps, loss_sum, metric_sum = window_steps + 1, loss_sum + loss, metric_sum + value
+            if budget > 0 and self.elapsed + time.perf_counter() - window_start >= budget:
+                total = self.iteration  # out of time: finish this iteration as the last one
             if self.iteration % self.config.train.log_every == 0 or self.iteration == total:
                 now = time.perf_counter()
                 rate = window_steps * self.config.train_task.batch_size / max(now - window_start, 1e-9)
@@ -218,7 +226,8 @@ class _Loop:
                 self.log.log(row)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.3f}", **{self.metric: f"{acc:.3f}"}, eps=f"{rate:.1f}/s")
-            if self.val_sampler is not None and self.iteration % self.config.train.val_every == 0:
+            last = self.iteration == total and total < self.config.train.iterations
+            if self.val_sampler is not None and (self.iteration % self.config.train.val_every == 0 or last):
                 self._validate(bar)
             if self.iteration % self.config.train.checkpoint_every == 0 or self.iteration == total:
                 save_atomic(self._state(), self.checkpoints / "last.pt")
@@ -273,15 +282,17 @@ class _Loop:
         self.model.load_state_dict(best["model"])
         test_sampler = build.build_source(self.config, "test", self.data_dir, self.cache_dir)
         result = self.evaluate(test_sampler, self.config.eval.episodes, progress=progress)
-        write_results(self.run_dir, self.config, result, best["iteration"], self.elapsed)
+        write_results(self.run_dir, self.config, result, best["iteration"], self.elapsed, self.iteration)
         return result
 
 
-def write_results(run_dir: Path, config: Config, result: EvalResult, iteration: int, elapsed: float) -> None:
+def write_results(
+    run_dir: Path, config: Config, result: EvalResult, iteration: int, elapsed: float, trained: int
+) -> None:
     """``results.json``: the test figure beside the paper's."""
     payload = {
         "recipe": config.name, "test": result.as_dict(), "checkpoint_iteration": iteration,
-        "train_iterations": config.train.iterations, "train_seconds": elapsed,
+        "train_iterations": trained, "configured_iterations": config.train.iterations, "train_seconds": elapsed,
         "reference": {"value": config.reference.value, "ci95": config.reference.ci95, "source": config.reference.source},
     }
     tmp = run_dir / "results.json.tmp"
