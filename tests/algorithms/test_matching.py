@@ -98,3 +98,13 @@ def test_validation():
     model = MatchingNet(nn.Identity(), fce=True, embedding_dim=64)
     with pytest.raises(ValueError, match="gives 2-d embeddings .* embedding_dim=64"):
         model.meta_loss(batch)
+
+
+def test_learned_temperature_is_a_meta_parameter_with_a_gradient():
+    batch = identity_batch()
+    model = MatchingNet(nn.Identity(), temperature=10.0, learn_temperature=True)
+    assert [name for name, _ in model.named_parameters()] == ["log_temperature"]
+    log_probs = model.predict(batch.support_x, batch.support_y, batch.query_x)
+    torch.testing.assert_close(log_probs, expected_log_probs(10.0))
+    F.nll_loss(log_probs.flatten(0, 1), batch.query_y.flatten()).backward()
+    assert model.log_temperature.grad is not None and model.log_temperature.grad != 0

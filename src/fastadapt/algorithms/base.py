@@ -8,9 +8,11 @@ No state is carried between calls: every call receives its episodes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
 from fastadapt.registry import Registry
@@ -64,3 +66,19 @@ def create_algorithm(name: str, backbone: nn.Module, **kwargs: Any) -> nn.Module
 def infer_ways(support_y: Tensor) -> int:
     """Number of classes of a batch of support labels ``(B, N)`` (labels are ``[0, ways)``)."""
     return int(support_y.max()) + 1
+
+
+def register_temperature(module: nn.Module, temperature: float, learn: bool) -> None:
+    """Give ``module`` a ``log_temperature`` scalar: a meta-parameter if ``learn``, else a buffer.
+
+    The scale is kept as its logarithm so that it stays positive under any update;
+    ``module.log_temperature.exp()`` is the factor applied to similarity scores.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    log_scale = torch.tensor(math.log(temperature))
+    if learn:
+        module.log_temperature = nn.Parameter(log_scale)
+    else:
+        module.register_buffer("log_temperature", log_scale)
+

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastadapt.algorithms.base import MetaOutput, infer_ways, register_algorithm
+from fastadapt.algorithms.base import MetaOutput, infer_ways, register_algorithm, register_temperature
 from fastadapt.functional import class_logsumexp, cosine_similarity, embed_episodes
 from fastadapt.tasks.spec import EpisodeBatch
 
@@ -70,7 +70,12 @@ class MatchingNet(nn.Module):
         fce: use full context embeddings (``FullContextEmbedding``, meta-parameters).
         embedding_dim: ``D``, needed to size the FCE LSTMs (ignored without ``fce``).
         processing_steps: ``K`` steps of the FCE attention LSTM (the paper does not state it).
-        temperature: scale of the cosine similarities inside the softmax (paper: 1).
+        temperature: (initial) scale of the cosine similarities inside the softmax
+            (the paper's formula: 1).
+        learn_temperature: make the scale a meta-parameter (stored as its logarithm). With
+            ReLU embeddings the cosines lie in [0, 1], so at scale 1 the attention is
+            nearly uniform and the loss saturates (train accuracy stalled near 91 % on
+            Omniglot 5-way 1-shot); a learned scale removes the plateau.
     """
 
     def __init__(
@@ -80,15 +85,15 @@ class MatchingNet(nn.Module):
         embedding_dim: int = 64,
         processing_steps: int = 5,
         temperature: float = 1.0,
+        learn_temperature: bool = False,
     ) -> None:
         super().__init__()
         if embedding_dim < 1 or processing_steps < 1:
             raise ValueError(
                 f"embedding_dim and processing_steps must be >= 1, got {embedding_dim}, {processing_steps}"
             )
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.backbone, self.embedding_dim, self.temperature = backbone, embedding_dim, temperature
+        self.backbone, self.embedding_dim = backbone, embedding_dim
+        register_temperature(self, temperature, learn_temperature)
         self.fce = FullContextEmbedding(embedding_dim, processing_steps) if fce else None
 
     def embed(self, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
@@ -107,7 +112,7 @@ class MatchingNet(nn.Module):
     def log_probs(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, ways: int) -> Tensor:
         """``(B, N_q, ways)`` log-probabilities of the attention-weighted support labels."""
         g, f = self.embed(support_x, query_x)
-        attention = F.log_softmax(self.temperature * cosine_similarity(f, g), -1)  # (B, N_q, N_s)
+        attention = F.log_softmax(self.log_temperature.exp() * cosine_similarity(f, g), -1)  # (B, N_q, N_s)
         return class_logsumexp(attention, support_y, ways)
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:

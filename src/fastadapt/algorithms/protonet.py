@@ -9,14 +9,12 @@ loop: adaptation is computing the prototypes.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastadapt.algorithms.base import MetaOutput, infer_ways, register_algorithm
+from fastadapt.algorithms.base import MetaOutput, infer_ways, register_algorithm, register_temperature
 from fastadapt.functional import cosine_similarity, embed_episodes, prototypes, squared_euclidean
 from fastadapt.tasks.spec import EpisodeBatch
 
@@ -45,14 +43,8 @@ class ProtoNet(nn.Module):
         super().__init__()
         if distance not in DISTANCES:
             raise ValueError(f"unknown distance {distance!r}; choose one of {DISTANCES}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.backbone, self.distance = backbone, distance
-        log_scale = torch.tensor(math.log(temperature))
-        if learn_temperature:
-            self.log_temperature = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_temperature", log_scale)
+        register_temperature(self, temperature, learn_temperature)
 
     def embed(self, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
         """Embed all tasks' support and query examples in one backbone call.
