@@ -6,7 +6,13 @@ episodes with the test ways and shots. The paper states neither the query count,
 optimiser nor the training length: we take ProtoNets' protocol (same backbone and
 split): 15 (5-way) or 5 (20-way) queries per class, Adam 1e-3 halved every 2000
 episodes, 20,000 episodes, best validation checkpoint, running-statistics BatchNorm
-at test, 1000 test episodes of 15 queries per class.
+at test, 1000 test episodes of 15 queries per class. One deliberate difference: the cosines
+are scaled by a learned temperature (initial 10) instead of the formula's fixed 1. With
+ReLU embeddings the cosines lie in [0, 1], so at scale 1 the attention is nearly uniform
+and training stalls (5-way 1-shot: 75.9 % validation accuracy after 1,000 episodes and
+87.0 % after 12,000, against 92.0 % after 1,000 with the learned scale, same seed and
+validation episodes); ``algorithm.args.learn_temperature=false
+algorithm.args.temperature=1`` restores the literal formula.
 
 Relation Networks (Sung et al. 2018, Table 1; floodsung/LearningToCompare_FSL): the
 paper's encoder (``relation_encoder``, 64x5x5 feature maps at 28x28) and relation module
@@ -65,7 +71,9 @@ def _vinyals(name: str, algorithm: ComponentConfig, train_task: TaskConfig, ways
 
 def _matching(ways: int, shots: int, accuracy: float) -> Config:
     train_task = TaskConfig(ways=ways, shots=shots, queries=15 if ways == 5 else 5, batch_size=1)
-    algorithm = ComponentConfig("matching", {"fce": False, "embedding_dim": 64})
+    algorithm = ComponentConfig(
+        "matching", {"fce": False, "embedding_dim": 64, "temperature": 10.0, "learn_temperature": True}
+    )
     config = _vinyals(f"omniglot/matching-{ways}w{shots}s", algorithm, train_task, ways, shots)
     config.reference = Reference(value=accuracy, ci95=None, source=MATCHING_SOURCE)
     return config
