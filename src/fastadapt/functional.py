@@ -13,6 +13,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from fastadapt.runtime import compute_precision
+
 
 class MeanCI(NamedTuple):
     """A mean with the half-width of its 95% confidence interval over ``n`` values."""
@@ -96,7 +98,9 @@ def cosine_similarity(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     return a @ b.transpose(-1, -2)
 
 
-def embed_episodes(backbone: nn.Module, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
+def embed_episodes(
+    backbone: nn.Module, support_x: Tensor, query_x: Tensor, precision: str = "float32"
+) -> tuple[Tensor, Tensor]:
     """Run ``backbone`` once over every task's support and query examples.
 
     Args:
@@ -104,12 +108,17 @@ def embed_episodes(backbone: nn.Module, support_x: Tensor, query_x: Tensor) -> t
             (embeddings ``(N, D)`` or feature maps ``(N, C, H, W)``).
         support_x: ``(B, N_s, *example_shape)``.
         query_x: ``(B, N_q, *example_shape)``.
+        precision: ``"float32"`` or ``"bfloat16"`` (backbone under autocast, features
+            returned as float32; see ``fastadapt.runtime.compute_precision``).
 
     Returns:
         ``(B, N_s, *feature_shape)`` and ``(B, N_q, *feature_shape)``, unflattened.
     """
     tasks, n_support, n_query = support_x.shape[0], support_x.shape[1], query_x.shape[1]
-    features = backbone(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))  # (B*(N_s+N_q), *F)
+    with compute_precision(precision, support_x.device.type):
+        features = backbone(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))  # (B*(N_s+N_q), *F)
+    if precision != "float32":
+        features = features.to(support_x.dtype)
     support, query = features.split([tasks * n_support, tasks * n_query])
     return support.unflatten(0, (tasks, n_support)), query.unflatten(0, (tasks, n_query))
 

@@ -1,5 +1,10 @@
 """Process-level performance settings the engine applies (each one flag away from off).
 
+``compute_precision`` gives the autocast context behind the learners' ``precision``
+option: ``"bfloat16"`` runs matrix multiplications and convolutions in bfloat16 (master
+weights, losses and optimiser state stay float32); on CPUs with AVX512-BF16 that is
+2-4x the float32 rate for those ops.
+
 ``tune_allocator`` stops glibc's malloc from handing large freed blocks back to the
 system after every step. By default glibc serves big temporaries (a meta-batch, a
 layer's activations) with fresh ``mmap`` calls and unmaps them when freed, so every
@@ -11,9 +16,12 @@ it, at the price of a resident size that stays at its peak.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import platform
+
+import torch
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 
@@ -33,3 +41,21 @@ def tune_allocator(trim_threshold: int = 2**31 - 1, top_pad: int = 256 * 2**20) 
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     applied = libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
     return bool(applied and libc.mallopt(_M_TOP_PAD, top_pad))
+
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def compute_precision(precision: str, device_type: str) -> contextlib.AbstractContextManager:
+    """The context a learner's ``precision`` setting runs its selected forward passes in.
+
+    Args:
+        precision: ``"float32"`` (no autocast) or ``"bfloat16"`` (``torch.autocast`` to bfloat16).
+        device_type: ``"cpu"``, ``"cuda"``, ... (the inputs' ``tensor.device.type``).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=torch.bfloat16)
+

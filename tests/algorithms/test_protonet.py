@@ -39,3 +39,18 @@ def test_validation():
         ProtoNet(nn.Identity(), distance="manhattan")
     with pytest.raises(ValueError, match="temperature must be > 0"):
         ProtoNet(nn.Identity(), temperature=0.0)
+
+
+def test_bfloat16_backbone_gives_float32_logits_close_to_float32():
+    batch = identity_batch()
+    torch.manual_seed(0)
+    backbone = nn.Linear(2, 8)
+    exact = ProtoNet(backbone).predict(batch.support_x, batch.support_y, batch.query_x)
+    fast_model = ProtoNet(backbone, precision="bfloat16")
+    fast = fast_model.predict(batch.support_x, batch.support_y, batch.query_x)
+    assert fast.dtype == torch.float32 and not torch.equal(fast, exact)  # bfloat16 really ran
+    torch.testing.assert_close(fast, exact, rtol=2e-2, atol=2e-2)
+    fast_model.meta_loss(batch).loss.backward()
+    assert backbone.weight.grad is not None and backbone.weight.grad.dtype == torch.float32
+    with pytest.raises(ValueError, match="precision must be one of"):
+        ProtoNet(backbone, precision="half")

@@ -23,7 +23,7 @@ class ANIL(nn.Module):
     Args:
         backbone: ``(N, *example_shape) -> (N, ways)``.
         head: regular expression of the head's parameter names (``Conv4``'s head is ``head.``).
-        inner_lr, inner_steps, eval_inner_steps, first_order, loss, task_batching: as in ``MAML``.
+        inner_lr, inner_steps, eval_inner_steps, first_order, loss, task_batching, precision: as in ``MAML``.
     """
 
     def __init__(
@@ -36,11 +36,12 @@ class ANIL(nn.Module):
         first_order: bool = False,
         loss: Literal["cross_entropy", "mse"] = "cross_entropy",
         task_batching: Literal["loop", "vmap"] = "loop",
+        precision: Literal["float32", "bfloat16"] = "float32",
     ) -> None:
         super().__init__()
         self.backbone, self.inner_lr = backbone, inner_lr
         self.inner = InnerLoop.for_backbone(
-            backbone, loss, inner_steps, eval_inner_steps, first_order, head, task_batching
+            backbone, loss, inner_steps, eval_inner_steps, first_order, head, task_batching, precision
         )
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:

@@ -38,6 +38,9 @@ class MAML(nn.Module):
         adapt: regular expression of the parameter names adapted (default: all).
         loss: ``"cross_entropy"`` (classification) or ``"mse"`` (regression).
         task_batching: ``"loop"`` or ``"vmap"`` over the tasks of a meta-batch.
+        precision: ``"bfloat16"`` runs the query forward passes (and the backward through
+            them) under bfloat16 autocast, the inner loop in float32
+            (``fastadapt.inner_loop.query_forward``): ~1.5x faster on AVX512-BF16 CPUs.
     """
 
     def __init__(
@@ -50,11 +53,12 @@ class MAML(nn.Module):
         adapt: str | None = None,
         loss: Literal["cross_entropy", "mse"] = "cross_entropy",
         task_batching: Literal["loop", "vmap"] = "loop",
+        precision: Literal["float32", "bfloat16"] = "float32",
     ) -> None:
         super().__init__()
         self.backbone, self.inner_lr = backbone, inner_lr
         self.inner = InnerLoop.for_backbone(
-            backbone, loss, inner_steps, eval_inner_steps, first_order, adapt, task_batching
+            backbone, loss, inner_steps, eval_inner_steps, first_order, adapt, task_batching, precision
         )
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:

@@ -29,7 +29,7 @@ class MetaSGD(nn.Module):
         backbone: ``(N, *example_shape) -> (N, ways)`` (``(N, *target)`` for regression).
         inner_lr: initial value of every learned learning rate (the paper draws them
             from U[0.005, 0.1]; a constant start is deterministic and works as well).
-        inner_steps, eval_inner_steps, first_order, adapt, loss, task_batching: as in ``MAML``.
+        inner_steps, eval_inner_steps, first_order, adapt, loss, task_batching, precision: as in ``MAML``.
     """
 
     def __init__(
@@ -42,10 +42,13 @@ class MetaSGD(nn.Module):
         adapt: str | None = None,
         loss: Literal["cross_entropy", "mse"] = "cross_entropy",
         task_batching: Literal["loop", "vmap"] = "loop",
+        precision: Literal["float32", "bfloat16"] = "float32",
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.inner = InnerLoop.for_backbone(backbone, loss, inner_steps, eval_inner_steps, first_order, adapt, task_batching)
+        self.inner = InnerLoop.for_backbone(
+            backbone, loss, inner_steps, eval_inner_steps, first_order, adapt, task_batching, precision
+        )
         params = dict(backbone.named_parameters())
         self.lrs = nn.ParameterDict(
             {_key(n): nn.Parameter(torch.full_like(params[n], inner_lr)) for n in self.inner.names or []}

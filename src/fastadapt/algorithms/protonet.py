@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaOutput, infer_ways, register_algorithm, register_temperature
 from fastadapt.functional import cosine_similarity, embed_episodes, prototypes, squared_euclidean
+from fastadapt.runtime import PRECISIONS
 from fastadapt.tasks.spec import EpisodeBatch
 
 DISTANCES = ("euclidean", "cosine")
@@ -31,6 +32,8 @@ class ProtoNet(nn.Module):
         temperature: initial scale of the logits (``logits = scale * -distance`` or
             ``scale * cosine``); the paper uses 1 with Euclidean distance.
         learn_temperature: make the scale a meta-parameter (stored as its logarithm).
+        precision: ``"bfloat16"`` runs the backbone under bfloat16 autocast (distances,
+            loss and weights stay float32; ``fastadapt.runtime.compute_precision``).
     """
 
     def __init__(
@@ -39,11 +42,14 @@ class ProtoNet(nn.Module):
         distance: Literal["euclidean", "cosine"] = "euclidean",
         temperature: float = 1.0,
         learn_temperature: bool = False,
+        precision: Literal["float32", "bfloat16"] = "float32",
     ) -> None:
         super().__init__()
         if distance not in DISTANCES:
             raise ValueError(f"unknown distance {distance!r}; choose one of {DISTANCES}")
-        self.backbone, self.distance = backbone, distance
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.backbone, self.distance, self.precision = backbone, distance, precision
         register_temperature(self, temperature, learn_temperature)
 
     def embed(self, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
@@ -52,7 +58,7 @@ class ProtoNet(nn.Module):
         Returns:
             ``(B, N_s, D)`` and ``(B, N_q, D)`` (feature maps are flattened).
         """
-        z_support, z_query = embed_episodes(self.backbone, support_x, query_x)
+        z_support, z_query = embed_episodes(self.backbone, support_x, query_x, self.precision)
         return z_support.flatten(2), z_query.flatten(2)
 
     def logits(self, z_support: Tensor, support_y: Tensor, z_query: Tensor, ways: int) -> Tensor:
