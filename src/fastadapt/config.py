@@ -94,6 +94,10 @@ class TrainConfig:
     """stop after this much wall time of training and validation, summed over resumes (0: no limit);
     the run then validates, checkpoints and tests as if ``iterations`` were reached there,
     and records the iterations it actually ran"""
+    channels_last: bool = False
+    """store the model's 4-d parameters channels-last (NHWC): faster oneDNN convolutions for
+    large batches (ProtoNet episodes: 1.17x in float32, 1.3x with bfloat16, measured on the
+    project's CPU), slower for MAML's small per-task batches"""
 
 
 @dataclass

@@ -76,11 +76,15 @@ def build_model(config: Config) -> nn.Module:
     """Backbone wrapped in the algorithm, initialised from ``config.train.seed``.
 
     The global RNG is forked, so building a model leaves the caller's RNG untouched.
+    ``train.channels_last`` stores 4-d parameters channels-last (values unchanged).
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
         backbone = create_model(config.backbone.name, **config.backbone.args)
-        return create_algorithm(config.algorithm.name, backbone, **config.algorithm.args)
+        model = create_algorithm(config.algorithm.name, backbone, **config.algorithm.args)
+    if config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def load_partition(
