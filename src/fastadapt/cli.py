@@ -5,6 +5,7 @@
     fastadapt recipes [show NAME]
     fastadapt plot RUN_DIR
     fastadapt data omniglot [--verify | --download]
+    fastadapt bench [--configs NAME ...] [--steps N] [--threads N]
     fastadapt --version
 """
 
@@ -92,6 +93,15 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from fastadapt.bench import format_table, run
+
+    results, peak = run(args.configs, steps=args.steps, warmup=args.warmup, threads=args.threads,
+                        allocator=not args.no_tune_allocator)
+    print(format_table(results, peak, args.threads))
+    return 0
+
+
 def _data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="data directory (default: $FASTADAPT_DATA or ~/.cache/fastadapt/data)")
     parser.add_argument("--cache-dir", default=None, help="decoded-cache directory (default: $FASTADAPT_CACHE or ~/.cache/fastadapt/cache)")
@@ -139,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--download", action="store_true", help="download the official archives and verify them")
     _data_options(data)
     data.set_defaults(handler=_data)
+
+    bench = commands.add_parser("bench", help="time fastadapt's meta-training steps on this machine")
+    bench.add_argument("--configs", nargs="+", default=None, help="configs to run (default: all of fastadapt.bench.CONFIGS)")
+    bench.add_argument("--steps", type=int, default=None, help="timed steps per config (default: a few, per config)")
+    bench.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per config")
+    bench.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
+    bench.add_argument("--no-tune-allocator", action="store_true", help="leave glibc malloc at its defaults")
+    bench.set_defaults(handler=_bench)
     return parser
 
 

@@ -1,0 +1,353 @@
+"""Meta-training speed on this machine: ``fastadapt bench``.
+
+Times training steps of fastadapt's learners on seeded synthetic Omniglot-shaped
+episodes (``1x28x28``) with the papers' Conv-4 (64 filters), each config in a fresh
+process (so its peak resident memory is its own) with the warm-up excluded. A step
+is the meta-gradient (``meta_loss(batch).loss.backward()``) plus the outer optimiser's
+update. FLOPs per step are counted once with ``torch.utils.flop_counter`` (matrix
+products and convolutions; element-wise work is not counted), and the achieved rate is
+compared with a float32 ``2048x2048`` matmul timed in the same run with the same threads.
+
+``benchmarks/peers`` runs the same configs (``CONFIGS``, ``synthetic_batch``,
+``build_backbone``, ``measure``) for the peer libraries, so both report identical work.
+
+Example:
+    >>> from fastadapt.bench import CONFIGS, format_table, run
+    >>> results, peak = run(["protonet-5w5s"], steps=2)  # doctest: +SKIP
+    >>> print(format_table(results, peak))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from fastadapt.algorithms import create_algorithm
+from fastadapt.models import create_model
+from fastadapt.runtime import tune_allocator
+from fastadapt.tasks.spec import EpisodeBatch, TaskSpec
+
+
+def _maml_backbone(ways: int) -> dict[str, Any]:
+    # MAML's Omniglot network: stride-2 convolutions, BatchNorm with batch statistics, mean readout.
+    return {"in_channels": 1, "hidden": 64, "out_features": ways, "bn": "batch", "pool": "stride", "readout": "mean"}
+
+
+PROTONET_BACKBONE: dict[str, Any] = {"in_channels": 1, "hidden": 64, "bn": "running", "pool": "max"}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmarked training setting.
+
+    Args:
+        algorithm: registered algorithm name (``maml``, ``protonet``, ``reptile``).
+        ways, shots, queries: the task shape; ``tasks``: episodes per meta-batch.
+        algorithm_args: keyword arguments of the algorithm.
+        backbone_args: keyword arguments of ``conv4``.
+        outer: outer optimiser ``(name, lr)``, ``name`` in ``{"adam", "sgd"}``.
+        steps: timed steps of the full peer benchmark; ``quick_steps``: of ``fastadapt bench``.
+        example_shape: shape of one input example.
+    """
+
+    algorithm: str
+    ways: int
+    shots: int
+    queries: int
+    tasks: int
+    algorithm_args: dict[str, Any] = field(default_factory=dict)
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+    outer: tuple[str, float] = ("adam", 1e-3)
+    steps: int = 20
+    quick_steps: int = 3
+    example_shape: tuple[int, ...] = (1, 28, 28)
+
+    @property
+    def spec(self) -> TaskSpec:
+        return TaskSpec(self.ways, self.shots, self.queries)
+
+    @property
+    def unit(self) -> str:
+        """What one meta-batch element is called in throughput figures."""
+        return "episodes" if self.algorithm == "protonet" else "tasks"
+
+
+_MAML = {"inner_lr": 0.4, "inner_steps": 1}
+CONFIGS: dict[str, BenchConfig] = {
+    "maml-5w1s-2nd": BenchConfig("maml", 5, 1, 15, 32, _MAML | {"first_order": False}, _maml_backbone(5)),
+    "maml-5w1s-1st": BenchConfig("maml", 5, 1, 15, 32, _MAML | {"first_order": True}, _maml_backbone(5)),
+    # 20-way: the paper's meta-batch 16, 5 inner steps, K query examples per class.
+    "maml-20w1s-5steps": BenchConfig("maml", 20, 1, 1, 16, {"inner_lr": 0.1, "inner_steps": 5}, _maml_backbone(20)),
+    "protonet-5w5s": BenchConfig("protonet", 5, 5, 15, 1, {}, PROTONET_BACKBONE, steps=200, quick_steps=20),
+    "protonet-60w5s": BenchConfig("protonet", 60, 5, 5, 1, {}, PROTONET_BACKBONE, steps=50, quick_steps=5),
+    # omniglot/reptile-5w1s training: 5 tasks of 5-way 10-shot, 5 inner Adam steps of 10 examples.
+    "reptile-5w": BenchConfig(
+        "reptile", 5, 10, 1, 5,
+        {"inner_lr": 1e-3, "inner_steps": 5, "inner_batch": 10, "inner_optimizer": "adam"},
+        _maml_backbone(5) | {"readout": "flatten"}, outer=("sgd", 1.0), steps=100, quick_steps=10,
+    ),
+}
+
+
+def get_config(name: str) -> BenchConfig:
+    """The config registered as ``name``; raises naming the valid ones."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown bench config {name!r}; choose from {sorted(CONFIGS)}")
+    return CONFIGS[name]
+
+
+def synthetic_batch(config: BenchConfig, seed: int) -> EpisodeBatch:
+    """A seeded meta-batch of Gaussian inputs with class-major episode labels.
+
+    Returns:
+        ``support_x`` ``(tasks, ways*shots, *example_shape)``, ``query_x``
+        ``(tasks, ways*queries, *example_shape)`` and their ``(tasks, N)`` labels.
+    """
+    g = torch.Generator().manual_seed(seed)
+    c = config
+
+    def labels(per_class: int) -> Tensor:
+        return torch.arange(c.ways).repeat_interleave(per_class).repeat(c.tasks, 1)  # (tasks, ways*per_class)
+
+    support_x = torch.randn(c.tasks, c.ways * c.shots, *c.example_shape, generator=g)
+    query_x = torch.randn(c.tasks, c.ways * c.queries, *c.example_shape, generator=g)
+    return EpisodeBatch(support_x, labels(c.shots), query_x, labels(c.queries), c.spec)
+
+
+def build_backbone(config: BenchConfig, seed: int = 0) -> nn.Module:
+    """The config's Conv-4, initialised from ``seed`` (the global RNG is left as it was)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return create_model("conv4", **config.backbone_args)
+
+
+Backward = Callable[[EpisodeBatch], None]
+
+
+def fastadapt_backward(config: BenchConfig, backbone: nn.Module) -> Backward:
+    """The fastadapt side: the registered learner's ``meta_loss(batch).loss.backward()``."""
+    learner = create_algorithm(config.algorithm, backbone, **config.algorithm_args)
+
+    def backward(batch: EpisodeBatch) -> None:
+        learner.meta_loss(batch).loss.backward()
+
+    return backward
+
+
+def outer_optimizer(config: BenchConfig, params: Sequence[Tensor]) -> torch.optim.Optimizer:
+    """The outer optimiser: Adam for MAML and ProtoNet, SGD (the Reptile update) for Reptile."""
+    name, lr = config.outer
+    return torch.optim.Adam(params, lr=lr) if name == "adam" else torch.optim.SGD(params, lr=lr)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of the matrix products and convolutions ``fn()`` runs (forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
+    """Best float32 GFLOP/s of a ``size x size`` matmul with the current thread count."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, size, generator=g), torch.randn(size, size, generator=g)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+class Measurement(NamedTuple):
+    """What ``measure`` returns: seconds of each timed step, FLOPs of one meta-gradient,
+    and the process's peak resident memory."""
+
+    times: list[float]
+    flops: int
+    peak_rss_mb: float
+
+
+def flat_gradient(params: Sequence[Tensor]) -> Tensor:
+    """``(P,)`` the parameters' ``.grad`` concatenated (zeros where a gradient is missing)."""
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().flatten() for p in params])
+
+
+def meta_gradient(
+    config: BenchConfig, make_backward: Callable[[BenchConfig, nn.Module], Backward] = fastadapt_backward,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """``(P,)`` flattened meta-gradient of batch 0 at the initial weights, computed in ``dtype``.
+
+    ``make_backward`` is as in ``measure``; float64 separates an algorithm's differences
+    from float32 rounding (e.g. Adam steps on the zero gradient of a bias before BatchNorm).
+    """
+    backbone = build_backbone(config).to(dtype)
+    make_backward(config, backbone)(synthetic_batch(config, 0).to("cpu", dtype))
+    return flat_gradient(list(backbone.parameters()))
+
+
+def measure(
+    config: BenchConfig,
+    make_backward: Callable[[BenchConfig, nn.Module], Backward] = fastadapt_backward,
+    steps: int = 3,
+    warmup: int = 1,
+    pool: int = 4,
+) -> Measurement:
+    """Time ``steps`` training steps after ``warmup`` untimed ones, in this process.
+
+    Args:
+        make_backward: ``(config, backbone) -> backward``, where ``backward(batch)`` leaves
+            the meta-gradient in the backbone parameters' ``.grad``.
+        pool: distinct seeded meta-batches cycled through (seeds ``0..pool-1``).
+    """
+    backbone = build_backbone(config)
+    backward = make_backward(config, backbone)
+    params = list(backbone.parameters())
+    batches = [synthetic_batch(config, seed) for seed in range(max(1, min(pool, warmup + steps)))]
+    optimizer = outer_optimizer(config, params)
+    flops = count_flops(lambda: backward(batches[0]))
+
+    def step(i: int) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        backward(batches[i % len(batches)])
+        optimizer.step()
+
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        step(i)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return Measurement(times, flops, peak)
+
+
+class BenchResult(NamedTuple):
+    """One table row: ``config`` timed over ``steps`` steps (``per_step`` tasks or episodes each)."""
+
+    config: str
+    unit: str
+    per_step: int
+    steps: int
+    median_s: float
+    min_s: float
+    max_s: float
+    peak_rss_mb: float
+    flops: int
+
+    @property
+    def throughput(self) -> float:
+        return self.per_step / self.median_s
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / self.median_s / 1e9
+
+    @staticmethod
+    def of(name: str, config: BenchConfig, m: Measurement) -> BenchResult:
+        times = sorted(m.times)
+        return BenchResult(name, config.unit, config.tasks, len(times), times[len(times) // 2], times[0], times[-1],
+                           m.peak_rss_mb, m.flops)
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` intra-op threads (raises for fewer than one)."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def _child(name: str, steps: int | None, warmup: int, threads: int, allocator: bool) -> BenchResult:
+    if allocator:
+        tune_allocator()  # the engine's default
+    set_threads(threads)
+    config = get_config(name)
+    return BenchResult.of(name, config, measure(config, steps=config.quick_steps if steps is None else steps, warmup=warmup))
+
+
+def run(
+    configs: Sequence[str] | None = None, steps: int | None = None, warmup: int = 1, threads: int | None = None,
+    allocator: bool = True,
+) -> tuple[list[BenchResult], float]:
+    """Benchmark ``configs`` (default all), each in a fresh Python process.
+
+    Args:
+        steps: timed steps per config (default: each config's ``quick_steps``).
+        threads: intra-op threads (default: torch's current number).
+        allocator: apply ``fastadapt.runtime.tune_allocator`` as the engine does by default.
+
+    Returns:
+        The results and the float32 matmul peak (GFLOP/s) measured in this process.
+    """
+    names = list(CONFIGS) if configs is None else list(configs)
+    for name in names:
+        get_config(name)
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    threads = torch.get_num_threads() if threads is None else threads
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    env = os.environ | {"OMP_NUM_THREADS": str(threads)}
+    results = []
+    for name in names:
+        argv = [sys.executable, "-m", "fastadapt.bench", name, "--warmup", str(warmup), "--threads", str(threads)]
+        argv += (["--steps", str(steps)] if steps is not None else []) + ([] if allocator else ["--no-tune-allocator"])
+        done = subprocess.run(argv, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(f"bench config {name!r} failed:\n{done.stderr.strip()}")
+        results.append(BenchResult(**json.loads(done.stdout.strip().splitlines()[-1])))
+    previous = torch.get_num_threads()
+    set_threads(threads)
+    try:
+        return results, matmul_peak()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def format_table(results: Sequence[BenchResult], matmul_gflops: float, threads: int | None = None) -> str:
+    """A Markdown table of ``results``, with achieved GFLOP/s as a share of ``matmul_gflops``
+    (a float32 matmul timed with ``threads`` threads, default torch's current number)."""
+    lines = [
+        "| config | throughput | median ms | min ms | max ms | peak RSS MB | GFLOP / step | GFLOP/s | % matmul peak |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.config} | {r.throughput:.2f} {r.unit}/s | {1e3 * r.median_s:.1f} | {1e3 * r.min_s:.1f} | "
+            f"{1e3 * r.max_s:.1f} | {r.peak_rss_mb:.0f} | {r.flops / 1e9:.2f} | {r.gflops:.1f} | "
+            f"{100 * r.gflops / matmul_gflops:.0f}% |"
+        )
+    threads = torch.get_num_threads() if threads is None else threads
+    lines.append(f"\nfloat32 2048x2048 matmul peak: {matmul_gflops:.1f} GFLOP/s, {threads} threads, "
+                 f"torch {torch.__version__}")
+    return "\n".join(lines)
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="one config of `fastadapt bench`, in this process (JSON line)")
+    parser.add_argument("config")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-tune-allocator", action="store_true")
+    args = parser.parse_args(argv)
+    result = _child(args.config, args.steps, args.warmup, args.threads, not args.no_tune_allocator)
+    print(json.dumps(result._asdict()))
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,36 @@
+"""``fastadapt bench``: the CLI prints its table, and FLOP counting matches a hand count."""
+
+import torch
+from torch import nn
+
+from fastadapt.bench import BenchConfig, count_flops, fastadapt_backward, synthetic_batch
+from fastadapt.cli import main
+
+
+def test_bench_cli_prints_table(capsys):
+    assert main(["bench", "--configs", "protonet-5w5s", "--steps", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    header, rule, row = out.splitlines()[:3]
+    assert "throughput" in header and "% matmul peak" in header and "peak RSS MB" in header
+    assert row.startswith("| protonet-5w5s | ") and "episodes/s" in row
+    assert "matmul peak:" in out
+
+
+def test_bench_unknown_config(capsys):
+    assert main(["bench", "--configs", "maml-5w1s"]) == 1
+    assert "unknown bench config 'maml-5w1s'" in capsys.readouterr().err
+
+
+def test_protonet_step_flops_match_hand_count():
+    tasks, ways, shots, queries, d_in, d = 2, 3, 2, 4, 5, 7
+    config = BenchConfig("protonet", ways, shots, queries, tasks, example_shape=(d_in,))
+    backbone = nn.Linear(d_in, d)
+    backward = fastadapt_backward(config, backbone)
+    flops = count_flops(lambda: backward(synthetic_batch(config, 0)))
+    n_support, n_query = ways * shots, ways * queries
+    n = tasks * (n_support + n_query)
+    linear = 2 * n * d_in * d  # forward addmm; backward: the weight gradient only (inputs need none)
+    protos = 2 * tasks * ways * n_support * d  # one-hot^T @ z_support, and its gradient w.r.t. z_support
+    cross = 2 * tasks * n_query * d * ways  # z_query @ protos^T, and its gradients w.r.t. both sides
+    assert flops == 2 * linear + 2 * protos + 3 * cross
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in backbone.parameters())
