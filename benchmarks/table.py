@@ -50,7 +50,39 @@ def task_batching() -> str:
     return "\n".join(lines)
 
 
-TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching": task_batching}
+PEER_SETTINGS = {"shipped": "as shipped", "tuned": "identical malloc"}
+
+
+def _speedup(r: dict, rows: list[dict]) -> str:
+    """fastadapt's throughput over the best peer's in the same setting and config."""
+    peers = [p["throughput"] for p in rows if p["setting"] == r["setting"] and p["config"] == r["config"]
+             and p["variant"] != "fastadapt" and "throughput" in p]
+    return f"{r['throughput'] / max(peers):.2f}x" if r["variant"] == "fastadapt" and peers else ""
+
+
+def peers() -> str:
+    rows = read_rows("peers")
+    latest = [r for r in rows if r["run"] == rows[-1]["run"]] if rows else []
+    lines = ["| setting (matmul peak) | config | variant | throughput | vs best peer | median ms (min-max) | peak RSS MB | "
+             "GFLOP / step | GFLOP/s | % of matmul peak | meta-grad max rel err f32 (f64) | threads | commit |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
+    for r in latest:
+        head = f"| {PEER_SETTINGS[r['setting']]} | {r['config']} | {r['variant']}"
+        if "error" in r:
+            lines.append(f"{head} | failed: {r['error']} | | | | | | | | {r['threads']} | {r['commit']} |")
+            continue
+        err = (f"{r['grad_max_rel_err']:.1e} ({r['grad_max_rel_err_f64']:.1e})" if "grad_max_rel_err" in r
+               else "reference")
+        lines.append(
+            f"| {PEER_SETTINGS[r['setting']]} ({r['matmul_gflops']:.0f}) | {r['config']} | {r['variant']} {r['version']} | "
+            f"{r['throughput']:.2f} {r['unit']}/s | {_speedup(r, latest)} | {r['median_ms']:.0f} ({r['min_ms']:.0f}-{r['max_ms']:.0f}) | "
+            f"{r['peak_rss_mb']:.0f} | {r['flops'] / 1e9:.1f} | {r['gflops']:.1f} | {r['pct_matmul_peak']:.0f}% | {err} | "
+            f"{r['threads']} | {r['commit']} |"
+        )
+    return "\n".join(lines)
+
+
+TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching": task_batching, "peers": peers}
 
 
 def main() -> None:

@@ -1,0 +1,160 @@
+"""fastadapt and its peers on identical work, side by side (issue 6).
+
+    /work/bench-venv/bin/python benchmarks/peers/run.py [--smoke] [--configs ...] [--variants ...] [--threads 2]
+
+Run with the benchmark environment of ``benchmarks/peers/setup_env.sh`` (the peers are
+never dependencies of the package). Every (setting, config, variant) runs in its own
+process: same Conv-4 and seeded synthetic Omniglot-shaped batches (``fastadapt.bench``),
+same threads, warm-up excluded; FLOPs counted once per variant with
+``torch.utils.flop_counter``; a float32 2048x2048 matmul peak timed in its own process per
+setting; the meta-gradient of the first batch at the initial weights compared with the
+plain PyTorch loop's. Two settings: ``shipped`` (glibc malloc defaults; fastadapt calls
+``fastadapt.runtime.tune_allocator()`` as its engine does by default, the peers do not) and
+``tuned`` (``common.TUNED_MALLOC`` in every variant's environment, nobody calls
+``tune_allocator``). Rows go to ``results/peers.jsonl`` (``--smoke``: ``results/peers-smoke.jsonl``);
+``python benchmarks/table.py`` renders them into ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+import torch  # noqa: E402
+from common import TUNED_MALLOC, append_row, environment  # noqa: E402
+
+from fastadapt.bench import CONFIGS, BenchConfig, matmul_peak, measure, meta_gradient, set_threads  # noqa: E402
+
+VARIANTS = {"plain": "plain_torch", "fastadapt": "fastadapt_side", "higher": "higher_side", "learn2learn": "l2l_side"}
+SETTINGS = {"shipped": "as shipped (malloc default; fastadapt: tune_allocator)", "tuned": "identical malloc (env, all)"}
+REFERENCE = "plain"
+
+
+def smoke_config(config: BenchConfig) -> BenchConfig:
+    """The same work in miniature: at most 2 tasks per meta-batch, at most 10 ways for ProtoNet."""
+    ways = min(config.ways, 10) if config.algorithm == "protonet" else config.ways
+    return dataclasses.replace(config, tasks=min(config.tasks, 2), ways=ways)
+
+
+def child(args: argparse.Namespace) -> None:
+    if args.variant == "fastadapt" and args.setting == "shipped":
+        from fastadapt.runtime import tune_allocator
+
+        tune_allocator()
+    set_threads(args.threads)
+    if args.variant == "matmul":
+        print(json.dumps({"matmul_gflops": matmul_peak()}))
+        return
+    side = importlib.import_module(VARIANTS[args.variant])
+    config = smoke_config(CONFIGS[args.config]) if args.smoke else CONFIGS[args.config]
+    m = measure(config, side.BACKWARD[config.algorithm], steps=args.steps, warmup=args.warmup)
+    # After the timing, so that neither check counts in the peak memory.
+    torch.save({dtype: meta_gradient(config, side.BACKWARD[config.algorithm], getattr(torch, dtype))
+                for dtype in ("float32", "float64")}, args.gradient_out)
+    print(json.dumps({"times": m.times, "flops": m.flops, "peak_rss_mb": m.peak_rss_mb, "version": side.version(),
+                      "loaded_as": side.NOTE, "per_step": config.tasks, "unit": config.unit}))
+
+
+def spawn(args: argparse.Namespace, setting: str, config: str, variant: str, gradient_out: str, steps: int = 1) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env |= {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    env |= TUNED_MALLOC if setting == "tuned" else {}
+    argv = [sys.executable, __file__, "--child", setting, config, variant, "--gradient-out", gradient_out,
+            "--threads", str(args.threads), "--steps", str(steps), "--warmup", str(args.warmup)]
+    done = subprocess.run(argv + (["--smoke"] if args.smoke else []), capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        return {"error": lines[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def max_relative_error(gradient: torch.Tensor, reference: torch.Tensor) -> float:
+    """``max|g - g_ref| / max|g_ref|`` over the flattened meta-gradient."""
+    return float((gradient - reference).abs().max() / reference.abs().max())
+
+
+def figures(result: dict, peak: float) -> dict:
+    times = sorted(result.pop("times"))
+    median = times[len(times) // 2]
+    gflops = result["flops"] / median / 1e9
+    return result | {"steps": len(times), "median_ms": 1e3 * median, "min_ms": 1e3 * times[0], "max_ms": 1e3 * times[-1],
+                     "throughput": result["per_step"] / median, "gflops": gflops, "matmul_gflops": peak,
+                     "pct_matmul_peak": 100 * gflops / peak}
+
+
+def measure_setting(args: argparse.Namespace, setting: str, run_id: str, scratch: Path) -> None:
+    peak = spawn(args, setting, "-", "matmul", "-")["matmul_gflops"]
+    print(f"\n## {SETTINGS[setting]}: float32 2048x2048 matmul {peak:.1f} GFLOP/s, {args.threads} threads", flush=True)
+    print("| config | variant | throughput | median ms | min-max ms | peak RSS MB | GFLOP/step | GFLOP/s | % peak | grad rel err f32 / f64 |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name in args.configs:
+        algorithm = CONFIGS[name].algorithm
+        variants = [REFERENCE] + [v for v in args.variants if v != REFERENCE] if REFERENCE in args.variants else args.variants
+        for variant in variants:
+            if algorithm not in importlib.import_module(VARIANTS[variant]).BACKWARD:
+                continue
+            gradient_out = str(scratch / f"{setting}-{name}-{variant}.pt")
+            result = spawn(args, setting, name, variant, gradient_out, args.steps or CONFIGS[name].steps)
+            row = environment() | {"run": run_id, "setting": setting, "malloc": "tuned" if setting == "tuned" else "default",
+                                   "tune_allocator": variant == "fastadapt" and setting == "shipped", "config": name,
+                                   "variant": variant, "smoke": args.smoke, "warmup": args.warmup}
+            if "error" not in result:
+                row |= figures(result, peak)
+                reference = scratch / f"{setting}-{name}-{REFERENCE}.pt"
+                if reference.exists() and variant != REFERENCE:
+                    ours, ref = torch.load(gradient_out), torch.load(reference)
+                    row["grad_max_rel_err"] = max_relative_error(ours["float32"], ref["float32"])
+                    row["grad_max_rel_err_f64"] = max_relative_error(ours["float64"], ref["float64"])
+            append_row(args.results, row)
+            print(line(row), flush=True)
+
+
+def line(r: dict) -> str:
+    if "error" in r:
+        return f"| {r['config']} | {r['variant']} | failed: {r['error']} | | | | | | | |"
+    err = f"{r['grad_max_rel_err']:.1e} / {r['grad_max_rel_err_f64']:.1e}" if "grad_max_rel_err" in r else "-"
+    return (f"| {r['config']} | {r['variant']} {r['version']} | {r['throughput']:.2f} {r['unit']}/s | {r['median_ms']:.1f} | "
+            f"{r['min_ms']:.1f}-{r['max_ms']:.1f} | {r['peak_rss_mb']:.0f} | {r['flops'] / 1e9:.2f} | {r['gflops']:.1f} | "
+            f"{r['pct_matmul_peak']:.0f}% | {err} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: each config's; --smoke: 2)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="2 timed steps, 1 warm-up, meta-batches of at most 2 tasks")
+    parser.add_argument("--results", default=None, help="results/NAME.jsonl (default peers, or peers-smoke with --smoke)")
+    parser.add_argument("--child", nargs=3, metavar=("SETTING", "CONFIG", "VARIANT"), help=argparse.SUPPRESS)
+    parser.add_argument("--gradient-out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        args.setting, args.config, args.variant = args.child
+        child(args)
+        return
+    if args.smoke:
+        args.steps, args.warmup = args.steps or 2, 1
+    args.results = args.results or ("peers-smoke" if args.smoke else "peers")
+    set_threads(args.threads)
+    run_id = time.strftime("%Y-%m-%dT%H:%M:%S")
+    with tempfile.TemporaryDirectory() as scratch:
+        for setting in args.settings:
+            measure_setting(args, setting, run_id, Path(scratch))
+
+
+if __name__ == "__main__":
+    main()
