@@ -22,6 +22,7 @@ import dataclasses
 import importlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,7 +87,7 @@ def max_relative_error(gradient: torch.Tensor, reference: torch.Tensor) -> float
 
 def figures(result: dict, peak: float) -> dict:
     times = sorted(result.pop("times"))
-    median = times[len(times) // 2]
+    median = statistics.median(times)
     gflops = result["flops"] / median / 1e9
     return result | {"steps": len(times), "median_ms": 1e3 * median, "min_ms": 1e3 * times[0], "max_ms": 1e3 * times[-1],
                      "throughput": result["per_step"] / median, "gflops": gflops, "matmul_gflops": peak,

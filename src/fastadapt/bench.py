@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -259,9 +260,8 @@ class BenchResult(NamedTuple):
 
     @staticmethod
     def of(name: str, config: BenchConfig, m: Measurement) -> BenchResult:
-        times = sorted(m.times)
-        return BenchResult(name, config.unit, config.tasks, len(times), times[len(times) // 2], times[0], times[-1],
-                           m.peak_rss_mb, m.flops)
+        return BenchResult(name, config.unit, config.tasks, len(m.times), statistics.median(m.times), min(m.times),
+                           max(m.times), m.peak_rss_mb, m.flops)
 
 
 def set_threads(threads: int) -> None:
