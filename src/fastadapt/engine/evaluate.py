@@ -3,6 +3,8 @@
 Episodes ``0 .. n-1`` of a task source are the evaluation set, identical in every
 run, process and resume. The result is the mean of a per-episode metric with its
 95% confidence half-width ``1.96 * std / sqrt(n)`` (``fastadapt.functional.mean_ci95``).
+Under ``torchrun`` the evaluation batches are dealt out to the ranks and the
+per-episode values gathered, so the mean and CI are over all ``n`` episodes.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from fastadapt.engine import distributed
 from fastadapt.functional import accuracy, mean_ci95
-from fastadapt.tasks.sampler import TaskSource, iter_episodes
+from fastadapt.tasks.sampler import TaskSource
 from fastadapt.tasks.spec import TaskSpec
 
 Metric = Callable[[Tensor, Tensor], Tensor]
@@ -92,6 +96,7 @@ def evaluate(
     bn_policy: str = "not stated",
     device: torch.device | str | None = None,
     progress: bool = False,
+    world: distributed.World = distributed.SINGLE,
 ) -> EvalResult:
     """Run ``predictor`` on episodes ``0 .. episodes-1`` of ``source`` under ``torch.no_grad()``.
 
@@ -105,6 +110,8 @@ def evaluate(
         bn_policy: text stating the BatchNorm statistics used, reported with the figure.
         device: where the predictor runs; batches are moved there.
         progress: show a tqdm progress bar.
+        world: the torchrun group to split the episodes over (``fastadapt.engine.distributed``);
+            every rank returns the same result over all ``episodes``.
     """
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes must be a positive int, got {episodes!r}")
@@ -114,11 +121,15 @@ def evaluate(
         name, fn = metric, METRICS[metric][0]
     else:
         name, fn = getattr(metric, "__name__", "metric"), metric
-    batches = iter_episodes(source, 0, episodes, batch_size)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    mine = distributed.eval_batches(-(-episodes // batch_size), world)
+    ranges = [np.arange(j * batch_size, min((j + 1) * batch_size, episodes)) for j in mine]
+    batches = (source.sample(indices) for indices in ranges)
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, total=-(-episodes // batch_size), desc="evaluate", unit="batch")
+        batches = tqdm(batches, total=len(ranges), desc="evaluate", unit="batch")
     values = []
     with torch.no_grad():
         for batch in batches:
@@ -126,6 +137,9 @@ def evaluate(
                 batch = batch.to(device)
             outputs = predictor(batch.support_x, batch.support_y, batch.query_x)
             values.append(fn(outputs, batch.query_y).detach().float().cpu())
-    per_episode = torch.cat(values)
+    per_episode = torch.cat(values) if values else torch.zeros(0)
+    if world.active:
+        positions = torch.from_numpy(np.concatenate(ranges)) if ranges else torch.zeros(0, dtype=torch.long)
+        per_episode = distributed.gather_episodes(per_episode, positions, episodes, world)
     summary = mean_ci95(per_episode)
     return EvalResult(name, summary.mean, summary.ci95, summary.n, source.spec, bn_policy, per_episode)
