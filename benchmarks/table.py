@@ -82,7 +82,27 @@ def peers() -> str:
     return "\n".join(lines)
 
 
-TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching": task_batching, "peers": peers}
+def distributed(rows: list[dict] | None = None) -> str:
+    """1 process x 2 threads vs 2 processes x 1 thread, from ``benchmarks/distributed.py`` (latest run)."""
+    if rows is None:
+        rows = read_rows("distributed")
+        rows = [r for r in rows if r["run"] == rows[-1]["run"]] if rows else []
+    lines = ["| recipe | processes x threads | tasks / meta-batch | episodes/s | vs 1 x 2 | median ms / step | "
+             "communication share (max rank) | commit |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        base = [b for b in rows if b["recipe"] == r["recipe"] and b["processes"] == 1]
+        ratio = f"{r['episodes_per_s'] / base[0]['episodes_per_s']:.2f}x" if base else ""
+        lines.append(
+            f"| `{r['recipe']}` | {r['processes']} x {r['threads_per_process']} | {r['batch_size']} | "
+            f"{r['episodes_per_s']:.1f} | {ratio} | {r['median_ms']:.0f} | {100 * r['comm_share']:.1f}% "
+            f"({100 * r['comm_share_max']:.1f}%) | {r['commit']} |"
+        )
+    return "\n".join(lines)
+
+
+TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching": task_batching, "peers": peers,
+          "distributed": distributed}
 
 
 def main() -> None:
