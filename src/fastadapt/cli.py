@@ -21,6 +21,7 @@ DATASETS = ("omniglot",)
 
 
 def _train(args: argparse.Namespace) -> int:
+    from fastadapt.engine.distributed import detect
     from fastadapt.engine.trainer import describe, train
 
     if args.resume is None and args.recipe is None:
@@ -30,6 +31,8 @@ def _train(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, cache_dir=args.cache_dir, progress=not args.no_progress,
         tensorboard=args.tensorboard, download=args.download,
     )
+    if not detect().is_main:  # under torchrun every rank returns the same result: rank 0 prints it
+        return 0
     if result.test is not None:
         print(describe(result.test, result.config))
     print(f"run directory: {result.run_dir} (checkpoint from iteration {result.best_iteration}); "

@@ -124,7 +124,8 @@ def test_two_ranks_through_the_python_api_match_one_process(tmp_path):
 @pytest.mark.parametrize("name", ["protonet", "maml", "reptile"])
 def test_torchrun_cli_matches_one_process(tmp_path, name):
     recipe, overrides = CASES[name]
-    launch(["-m", "fastadapt", "train", recipe, *overrides, "--run-dir", str(tmp_path / "two"), "--no-progress"])
+    proc = launch(["-m", "fastadapt", "train", recipe, *overrides, "--run-dir", str(tmp_path / "two"), "--no-progress"])
+    assert proc.stdout.count("run directory:") == 1, proc.stdout  # rank 0 alone prints the result
     train(recipe, overrides, run_dir=tmp_path / "one", progress=False)
     assert_same_run(tmp_path / "one", tmp_path / "two", loose_train_accuracy=name == "protonet")
 
