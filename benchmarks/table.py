@@ -56,8 +56,8 @@ PEER_SETTINGS = {"shipped": "as shipped", "tuned": "identical malloc"}
 def _speedup(r: dict, rows: list[dict]) -> str:
     """fastadapt's throughput over the best peer's in the same setting and config."""
     peers = [p["throughput"] for p in rows if p["setting"] == r["setting"] and p["config"] == r["config"]
-             and p["variant"] != "fastadapt" and "throughput" in p]
-    return f"{r['throughput'] / max(peers):.2f}x" if r["variant"] == "fastadapt" and peers else ""
+             and not p["variant"].startswith("fastadapt") and "throughput" in p]
+    return f"{r['throughput'] / max(peers):.2f}x" if r["variant"].startswith("fastadapt") and peers else ""
 
 
 def peers() -> str:

@@ -37,7 +37,8 @@ from common import TUNED_MALLOC, append_row, environment  # noqa: E402
 
 from fastadapt.bench import CONFIGS, BenchConfig, matmul_peak, measure, meta_gradient, set_threads  # noqa: E402
 
-VARIANTS = {"plain": "plain_torch", "fastadapt": "fastadapt_side", "higher": "higher_side", "learn2learn": "l2l_side"}
+VARIANTS = {"plain": "plain_torch", "fastadapt": "fastadapt_side", "fastadapt-bf16": "fastadapt_fast",
+            "higher": "higher_side", "learn2learn": "l2l_side"}
 SETTINGS = {"shipped": "as shipped (malloc default; fastadapt: tune_allocator)", "tuned": "identical malloc (env, all)"}
 REFERENCE = "plain"
 
@@ -49,7 +50,7 @@ def smoke_config(config: BenchConfig) -> BenchConfig:
 
 
 def child(args: argparse.Namespace) -> None:
-    if args.variant == "fastadapt" and args.setting == "shipped":
+    if args.variant.startswith("fastadapt") and args.setting == "shipped":
         from fastadapt.runtime import tune_allocator
 
         tune_allocator()
@@ -108,7 +109,7 @@ def measure_setting(args: argparse.Namespace, setting: str, run_id: str, scratch
             gradient_out = str(scratch / f"{setting}-{name}-{variant}.pt")
             result = spawn(args, setting, name, variant, gradient_out, args.steps or CONFIGS[name].steps)
             row = environment() | {"run": run_id, "setting": setting, "malloc": "tuned" if setting == "tuned" else "default",
-                                   "tune_allocator": variant == "fastadapt" and setting == "shipped", "config": name,
+                                   "tune_allocator": variant.startswith("fastadapt") and setting == "shipped", "config": name,
                                    "variant": variant, "smoke": args.smoke, "warmup": args.warmup}
             if "error" not in result:
                 row |= figures(result, peak)
