@@ -57,3 +57,10 @@ def test_recipes_validate_and_roundtrip(name):
 def test_unknown_recipe_suggests():
     with pytest.raises(UnknownNameError, match="did you mean 'omniglot/protonet-5w1s'"):
         get_recipe("omniglot/protonet-5w1")
+
+
+def test_reptile_transductive_flag_and_bn_policy_must_agree():
+    recipe = get_recipe("omniglot/reptile-5w1s")
+    with pytest.raises(ConfigError, match="transductive=True .* set eval.bn_policy=batch"):
+        validate(apply_overrides(recipe, ["algorithm.args.transductive=true"]))
+    validate(apply_overrides(recipe, ["algorithm.args.transductive=true", "eval.bn_policy=batch"]))

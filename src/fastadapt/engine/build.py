@@ -66,6 +66,14 @@ def validate(config: Config) -> None:
             f"eval.bn_policy is {config.eval.bn_policy!r} but backbone.args.bn is {backbone_bn!r}; "
             "they must agree (the backbone's BatchNorm decides the statistics used at test time)"
         )
+    transductive = config.algorithm.args.get("transductive")
+    if backbone_bn == "batch" and transductive is not None and config.eval.bn_policy != ("batch" if transductive else "support"):
+        raise ConfigError(
+            f"algorithm.args.transductive={transductive} normalises queries "
+            f"{'together' if transductive else 'one at a time with the support set'}, but eval.bn_policy is "
+            f"{config.eval.bn_policy!r}; set eval.bn_policy={'batch' if transductive else 'support'} so that "
+            "results describe what ran"
+        )
 
 
 def task_spec(task: TaskConfig) -> TaskSpec:
