@@ -17,7 +17,7 @@ README = Path(__file__).resolve().parent / "README.md"
 
 def reproductions() -> str:
     lines = [
-        "| recipe | paper | ours (mean ± 95% CI, n) | BN at test | iterations (recipe) | train wall time | machine | commit | command |",
+        "| recipe | paper | ours (mean ± 95% CI, n) | BN at test | iterations (recipe) | wall time (train, validation, test) | machine | commit | command |",
         "| --- | ---: | --- | --- | ---: | ---: | --- | --- | --- |",
     ]
     for r in read_rows("reproductions"):
@@ -101,8 +101,20 @@ def distributed(rows: list[dict] | None = None) -> str:
     return "\n".join(lines)
 
 
+def precision() -> str:
+    """``benchmarks/precision.py`` (latest commit's rows)."""
+    rows = read_rows("precision")
+    latest = [r for r in rows if r["commit"] == rows[-1]["commit"]] if rows else []
+    lines = ["| config | variant | median ms / step (min) | vs float32 | meta-gradient rel. error vs float64 | data | threads | commit |",
+             "| --- | --- | ---: | ---: | ---: | --- | ---: | --- |"]
+    lines += [f"| {r['config']} | {r['variant']} | {1e3 * r['median_s']:.0f} ({1e3 * r['min_s']:.0f}) | "
+              f"{r['speedup_vs_float32']:.2f}x | {r['grad_rel_error_vs_float64']:.1e} | {r['data']} | {r['threads']} | "
+              f"{r['commit']} |" for r in latest]
+    return "\n".join(lines)
+
+
 TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching": task_batching, "peers": peers,
-          "distributed": distributed}
+          "distributed": distributed, "precision": precision}
 
 
 def main() -> None:
