@@ -73,8 +73,17 @@ def environment() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "FASTADAPT_DIST_TIMEOUT_S": "60"}
 
 
+# The free port chosen for the rendezvous can be taken by another process before torchrun
+# binds it (or a gloo peer refuses a connection on a loaded machine): those failures, and
+# only those, are retried with a fresh port.
+TRANSIENT = ("Address already in use", "EADDRINUSE", "connectFullMesh", "Connection refused")
+
+
 def launch(args: list[str], timeout: float = 180, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(torchrun(args, **kw), env=environment(), capture_output=True, text=True, timeout=timeout)
+    for _ in range(3):
+        proc = subprocess.run(torchrun(args, **kw), env=environment(), capture_output=True, text=True, timeout=timeout)
+        if proc.returncode == 0 or not any(t in proc.stderr for t in TRANSIENT):
+            break
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
