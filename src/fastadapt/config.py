@@ -96,8 +96,8 @@ class TrainConfig:
     and records the iterations it actually ran"""
     channels_last: bool = False
     """store the model's 4-d parameters channels-last (NHWC): faster oneDNN convolutions for
-    large batches (ProtoNet episodes: 1.17x in float32, 1.3x with bfloat16, measured on the
-    project's CPU), slower for MAML's small per-task batches"""
+    large batches (ProtoNet steps: 1.31-1.36x in float32, 2.25-2.30x together with bfloat16,
+    ``benchmarks/precision.py`` on the project's CPU), slower for MAML's small per-task batches"""
 
 
 @dataclass
