@@ -116,6 +116,7 @@ def train(
     if tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise RuntimeError("TensorBoard logging needs `pip install fastadapt[tensorboard]`")
     world = distributed.init()
+    finished = False
     try:
         config, run_dir, resume = _prepare(recipe, overrides, run_dir, resume, world)
         loop = _Loop(config, run_dir, data_dir, cache_dir, tensorboard, download, world)
@@ -128,8 +129,9 @@ def train(
             from fastadapt.engine.plot import plot_run
 
             plot_run(run_dir)
+        finished = True
     finally:
-        distributed.teardown(world)
+        distributed.teardown(world, synchronize=finished)
     return RunResult(
         run_dir, config, test, loop.best_iteration, loop.best_val, time.perf_counter() - started, loop.iteration
     )
