@@ -162,20 +162,10 @@ def init() -> World:
     return World(world.rank, world.world_size, world.local_rank, world.local_world_size, owns_group=True)
 
 
-def teardown(world: World, synchronize: bool = False) -> None:
-    """Destroy the process group if ``init`` created it.
-
-    ``synchronize`` (the success path) first waits at a barrier until every rank is done: a
-    gloo rank that destroys its group and exits while a peer is still working (rank 0
-    plotting) was seen to abort in C++ ("terminate called without an active exception").
-    On an error path no barrier is entered, so a failing rank never waits on its peers.
-    """
+def teardown(world: World) -> None:
+    """Destroy the process group if ``init`` created it."""
     if world.owns_group and dist.is_initialized():
-        try:
-            if synchronize:
-                dist.barrier()
-        finally:
-            dist.destroy_process_group()
+        dist.destroy_process_group()
 
 
 def default_threads(world: World) -> int:

@@ -116,7 +116,6 @@ def train(
     if tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise RuntimeError("TensorBoard logging needs `pip install fastadapt[tensorboard]`")
     world = distributed.init()
-    finished = False
     try:
         config, run_dir, resume = _prepare(recipe, overrides, run_dir, resume, world)
         loop = _Loop(config, run_dir, data_dir, cache_dir, tensorboard, download, world)
@@ -125,13 +124,14 @@ def train(
         finally:
             loop.log.close()
         test = loop.test(progress=progress) if evaluate_test else None
-        if world.is_main and importlib.util.find_spec("matplotlib") is not None:
-            from fastadapt.engine.plot import plot_run
-
-            plot_run(run_dir)
-        finished = True
     finally:
-        distributed.teardown(world, synchronize=finished)
+        distributed.teardown(world)
+    # Plots after the group is gone: a rank must not exit while rank 0 still works inside the
+    # group (gloo was seen to abort the exiting rank in C++).
+    if world.is_main and importlib.util.find_spec("matplotlib") is not None:
+        from fastadapt.engine.plot import plot_run
+
+        plot_run(run_dir)
     return RunResult(
         run_dir, config, test, loop.best_iteration, loop.best_val, time.perf_counter() - started, loop.iteration
     )
