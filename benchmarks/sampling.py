@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from common import TUNED_MALLOC, append_row, environment, read_rows
+from common import TUNED_MALLOC, append_row, environment
 
 CONFIGS = [  # (ways, shots, queries, meta-batch)
     (5, 1, 15, 32),

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fastadapt.runtime import PRECISIONS, compute_precision
+from fastadapt.runtime import check_precision, compute_precision
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -261,8 +261,7 @@ class InnerLoop:
             raise ValueError(f"inner steps must be >= 0, got {self.steps} and {self.eval_steps}")
         if self.batching not in ("loop", "vmap"):
             raise ValueError(f"task_batching must be 'loop' or 'vmap', got {self.batching!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_precision(self.precision)
 
     @classmethod
     def for_backbone(

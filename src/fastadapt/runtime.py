@@ -46,6 +46,12 @@ def tune_allocator(trim_threshold: int = 2**31 - 1, top_pad: int = 256 * 2**20) 
 PRECISIONS = ("float32", "bfloat16")
 
 
+def check_precision(precision: str) -> None:
+    """Raise naming the valid choices unless ``precision`` is one of ``PRECISIONS``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
 def compute_precision(precision: str, device_type: str) -> contextlib.AbstractContextManager:
     """The context a learner's ``precision`` setting runs its selected forward passes in.
 
@@ -53,8 +59,7 @@ def compute_precision(precision: str, device_type: str) -> contextlib.AbstractCo
         precision: ``"float32"`` (no autocast) or ``"bfloat16"`` (``torch.autocast`` to bfloat16).
         device_type: ``"cpu"``, ``"cuda"``, ... (the inputs' ``tensor.device.type``).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     if precision == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=torch.bfloat16)

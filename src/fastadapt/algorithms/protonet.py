@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaOutput, infer_ways, register_algorithm, register_temperature
 from fastadapt.functional import cosine_similarity, embed_episodes, prototypes, squared_euclidean
-from fastadapt.runtime import PRECISIONS
+from fastadapt.runtime import check_precision
 from fastadapt.tasks.spec import EpisodeBatch
 
 DISTANCES = ("euclidean", "cosine")
@@ -47,8 +47,7 @@ class ProtoNet(nn.Module):
         super().__init__()
         if distance not in DISTANCES:
             raise ValueError(f"unknown distance {distance!r}; choose one of {DISTANCES}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        check_precision(precision)
         self.backbone, self.distance, self.precision = backbone, distance, precision
         register_temperature(self, temperature, learn_temperature)
 
