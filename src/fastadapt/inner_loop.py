@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from fastadapt.runtime import check_precision, compute_precision
+from fastadapt.task_parallel import check_workers, map_shares
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -192,6 +193,76 @@ def meta_batch_loss(
     return torch.stack(losses_list).mean(), torch.stack(outputs_list)
 
 
+def meta_parameters(params: Mapping[str, Tensor], lr: float | Mapping[str, Tensor]) -> list[Tensor]:
+    """The tensors a meta-gradient is taken with respect to: ``params`` and learned step sizes
+    (Meta-SGD) that require grad."""
+    tensors = list(params.values()) + (list(lr.values()) if isinstance(lr, Mapping) else [])
+    return [t for t in tensors if t.requires_grad]
+
+
+def streamed_meta_loss(
+    model: nn.Module,
+    params: Params,
+    buffers: Mapping[str, Tensor],
+    support_x: Tensor,
+    support_y: Tensor,
+    query_x: Tensor,
+    query_y: Tensor,
+    loss_fn: LossFn,
+    steps: int,
+    lr: float | Mapping[str, Tensor],
+    first_order: bool = False,
+    names: list[str] | None = None,
+    precision: str = "float32",
+    workers: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """``meta_batch_loss`` with each task's meta-gradient taken as soon as its query loss exists.
+
+    Peak memory is one task's graph per worker instead of the whole meta-batch's: each
+    task's query loss is differentiated right away (``torch.autograd.grad`` w.r.t.
+    ``meta_parameters(params, lr)``) and its graph freed. The returned loss is a
+    surrogate ``L + sum_w <w - stop_grad(w), g_w>`` whose value is the mean query loss
+    ``L`` and whose gradient w.r.t. every meta-parameter ``w`` is the summed ``g_w``,
+    i.e. exactly the meta-gradient of ``meta_batch_loss`` (the same numbers up to the
+    order of summation). Any scalar function of it back-propagates correctly to the
+    meta-parameters; it carries no graph to the inputs or higher derivatives (use
+    ``meta_batch_loss`` for those). Under ``torch.no_grad()`` it is the plain mean loss.
+
+    Args:
+        workers: threads the tasks are split over (``fastadapt.task_parallel.map_shares``).
+        The other arguments and the shapes are those of ``meta_batch_loss``.
+
+    Returns:
+        The scalar (surrogate) mean query loss and the detached query outputs ``(B, N_q, ...)``.
+    """
+    wrt = meta_parameters(params, lr) if torch.is_grad_enabled() else []
+    tasks = support_x.shape[0]
+
+    def share_fn(replica: nn.Module, share: range) -> tuple[list[Tensor | None], list[Tensor], list[Tensor]]:
+        local = {n: b.clone() for n, b in buffers.items()}  # per thread: BatchNorm updates them in place
+        total: list[Tensor | None] = [None] * len(wrt)
+        losses, outputs = [], []
+        for t in share:
+            adapted = adapt(replica, params, support_x[t], support_y[t], loss_fn, steps, lr, first_order, names, local)
+            out = query_forward(replica, adapted, local, query_x[t], precision)
+            loss = loss_fn(out, query_y[t])
+            if wrt:
+                grads = torch.autograd.grad(loss / tasks, wrt, allow_unused=True)
+                total = [g if s is None else (s if g is None else s + g) for s, g in zip(total, grads)]
+            losses.append(loss.detach())
+            outputs.append(out.detach())
+        return total, losses, outputs
+
+    results = map_shares(model, tasks, workers, share_fn)
+    loss = torch.stack([v for _, losses, _ in results for v in losses]).mean()
+    outputs = torch.stack([o for _, _, outs in results for o in outs])
+    for w, *parts in zip(wrt, *(total for total, _, _ in results)):
+        present = [g for g in parts if g is not None]
+        if present:
+            loss = loss + ((w - w.detach()) * torch.stack(present).sum(0)).sum()
+    return loss, outputs
+
+
 def adapted_predictions(
     model: nn.Module,
     params: Params,
@@ -204,14 +275,23 @@ def adapted_predictions(
     lr: float | Mapping[str, Tensor],
     names: list[str] | None = None,
     precision: str = "float32",
+    workers: int = 1,
 ) -> Tensor:
-    """Query outputs ``(B, N_q, ...)`` after adapting to each task; works under ``torch.no_grad()``."""
-    outputs = []
-    for t in range(support_x.shape[0]):
-        adapted = adapt(model, params, support_x[t], support_y[t], loss_fn, steps, lr, True, names, buffers)
-        with torch.no_grad():
-            outputs.append(query_forward(model, adapted, buffers, query_x[t], precision))
-    return torch.stack(outputs)
+    """Query outputs ``(B, N_q, ...)`` after adapting to each task; works under ``torch.no_grad()``.
+
+    ``workers`` threads share the tasks (``fastadapt.task_parallel.map_shares``).
+    """
+
+    def share_fn(replica: nn.Module, share: range) -> list[Tensor]:
+        local = {n: b.clone() for n, b in buffers.items()}
+        outputs = []
+        for t in share:
+            adapted = adapt(replica, params, support_x[t], support_y[t], loss_fn, steps, lr, True, names, local)
+            with torch.no_grad():
+                outputs.append(query_forward(replica, adapted, local, query_x[t], precision))
+        return outputs
+
+    return torch.stack([o for outs in map_shares(model, support_x.shape[0], workers, share_fn) for o in outs])
 
 
 def has_affine_batch_norm(module: nn.Module) -> bool:
@@ -224,6 +304,7 @@ def buffer_copies(module: nn.Module) -> Params:
     return {n: b.clone() for n, b in module.named_buffers()}
 
 
+BATCHINGS = ("stream", "loop", "vmap")
 LOSSES: dict[str, LossFn] = {"cross_entropy": torch.nn.functional.cross_entropy, "mse": torch.nn.functional.mse_loss}
 
 
@@ -243,8 +324,12 @@ class InnerLoop:
         steps: inner steps in meta-training; ``eval_steps``: in prediction.
         first_order: drop second-order terms.
         names: parameters adapted (``None``: all).
-        batching: ``"loop"`` or ``"vmap"`` over tasks.
+        batching: ``"stream"`` (tasks in a loop, each task's meta-gradient taken at once:
+            ``streamed_meta_loss``), ``"loop"`` (tasks in a loop, one graph for the meta-batch:
+            ``meta_batch_loss``) or ``"vmap"`` (``torch.func.vmap`` over tasks).
         precision: of the query forward passes, ``"float32"`` or ``"bfloat16"`` (``query_forward``).
+        workers: threads the tasks are split over (``"stream"`` and ``predict``;
+            ``fastadapt.task_parallel``).
     """
 
     loss: str
@@ -252,37 +337,49 @@ class InnerLoop:
     eval_steps: int
     first_order: bool = False
     names: list[str] | None = None
-    batching: str = "loop"
+    batching: str = "stream"
     precision: str = "float32"
+    workers: int = 1
 
     def __post_init__(self) -> None:
         loss_function(self.loss)
         if self.steps < 0 or self.eval_steps < 0:
             raise ValueError(f"inner steps must be >= 0, got {self.steps} and {self.eval_steps}")
-        if self.batching not in ("loop", "vmap"):
-            raise ValueError(f"task_batching must be 'loop' or 'vmap', got {self.batching!r}")
+        if self.batching not in BATCHINGS:
+            raise ValueError(f"task_batching must be one of {BATCHINGS}, got {self.batching!r}")
         check_precision(self.precision)
+        check_workers(self.workers)
+        if self.workers > 1 and self.batching != "stream":
+            raise ValueError(f"task_workers={self.workers} needs task_batching='stream', got {self.batching!r}")
 
     @classmethod
     def for_backbone(
         cls, backbone: nn.Module, loss: str, steps: int, eval_steps: int | None, first_order: bool,
-        adapt: str | None, batching: str, precision: str = "float32",
+        adapt: str | None, batching: str, precision: str = "float32", workers: int = 1,
     ) -> InnerLoop:
         """Settings checked against ``backbone``: ``adapt`` (a name pattern) selects the adapted
         parameters, ``eval_steps=None`` means ``steps``, and ``vmap`` is refused where torch <= 2.13
         gets second-order meta-gradients through an affine ``nn.BatchNorm`` wrong (functorch#534)."""
         names = select(dict(backbone.named_parameters()), adapt)
-        loop = cls(loss, steps, steps if eval_steps is None else eval_steps, first_order, names, batching, precision)
+        eval_steps = steps if eval_steps is None else eval_steps
+        loop = cls(loss, steps, eval_steps, first_order, names, batching, precision, workers)
         if batching == "vmap" and not first_order and has_affine_batch_norm(backbone):
             raise ValueError(
                 "task_batching='vmap' with second-order meta-gradients through an affine nn.BatchNorm is "
-                "wrong in torch <= 2.13 (functorch#534); use task_batching='loop', first_order=True, or "
+                "wrong in torch <= 2.13 (functorch#534); use task_batching='stream' or 'loop', first_order=True, or "
                 "a backbone without affine BatchNorm"
             )
         return loop
 
     def meta_loss(self, backbone: nn.Module, batch: Any, lr: float | Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Mean query loss and query outputs of an ``EpisodeBatch`` (see ``meta_batch_loss``)."""
+        """Mean query loss and query outputs of an ``EpisodeBatch`` (``streamed_meta_loss`` for
+        ``"stream"``, else ``meta_batch_loss``)."""
+        if self.batching == "stream":
+            return streamed_meta_loss(
+                backbone, dict(backbone.named_parameters()), buffer_copies(backbone),
+                batch.support_x, batch.support_y, batch.query_x, batch.query_y, loss_function(self.loss),
+                self.steps, lr, self.first_order, self.names, self.precision, self.workers,
+            )
         return meta_batch_loss(
             backbone, dict(backbone.named_parameters()), buffer_copies(backbone),
             batch.support_x, batch.support_y, batch.query_x, batch.query_y, loss_function(self.loss),
@@ -295,5 +392,5 @@ class InnerLoop:
         """Query outputs after ``eval_steps`` of adaptation (see ``adapted_predictions``)."""
         return adapted_predictions(
             backbone, dict(backbone.named_parameters()), buffer_copies(backbone), support_x, support_y,
-            query_x, loss_function(self.loss), self.eval_steps, lr, self.names, self.precision,
+            query_x, loss_function(self.loss), self.eval_steps, lr, self.names, self.precision, self.workers,
         )

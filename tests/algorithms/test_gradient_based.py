@@ -203,3 +203,102 @@ def test_bfloat16_query_pass_keeps_the_meta_gradient_within_the_stated_bound():
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of .* got 'fp8'"):
         MAML(mlp(), precision="fp8")
+
+
+def _learner(name: str, batching: str, workers: int = 1) -> nn.Module:
+    torch.manual_seed(0)
+    backbone = create_model("conv4", hidden=4, bn="batch", image_size=16, out_features=3).double()
+    kwargs = {"task_batching": batching, "task_workers": workers, "inner_steps": 2}
+    if name == "metasgd":
+        return MetaSGD(backbone, inner_lr=0.2, **kwargs)
+    if name == "anil":
+        return ANIL(backbone, inner_lr=0.3, **kwargs)
+    return MAML(backbone, inner_lr=0.3, first_order=name == "fomaml", **kwargs)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd"])
+def test_stream_gives_the_loop_meta_gradient_loss_and_outputs(name, workers):
+    # Second order through affine BatchNorm in float64; 3 tasks, so 2 workers get 2 + 1.
+    b = batch(tasks=3, image=True)
+    results = {}
+    for batching, w in (("loop", 1), ("stream", workers)):
+        model = _learner(name, batching, w)
+        out = model.meta_loss(b)
+        results[batching] = out, torch.autograd.grad(out.loss, list(model.parameters()))
+    (loop, loop_grads), (stream, stream_grads) = results["loop"], results["stream"]
+    torch.testing.assert_close(stream.loss, loop.loss, rtol=1e-12, atol=0)
+    torch.testing.assert_close(stream.logits, loop.logits, rtol=1e-12, atol=0)
+    assert len(stream_grads) == len(loop_grads) > 0
+    for s, g in zip(stream_grads, loop_grads):
+        torch.testing.assert_close(s, g, rtol=1e-9, atol=1e-12)
+
+
+def test_stream_loss_is_the_plain_mean_loss_under_no_grad():
+    b = batch(tasks=3, image=True)
+    model = _learner("maml", "stream", 2)
+    with torch.no_grad():
+        out = model.meta_loss(b)
+    assert out.loss.grad_fn is None
+    torch.testing.assert_close(out.loss, _learner("maml", "loop").meta_loss(b).loss.detach(), rtol=1e-12, atol=0)
+
+
+class SavedTensors:
+    """Counts the tensors autograd keeps for backward that are alive at any time."""
+
+    def __init__(self) -> None:
+        self.alive = self.peak = 0
+
+    def pack(self, tensor):
+        holder = Holder(tensor, self)
+        self.alive += 1
+        self.peak = max(self.peak, self.alive)
+        return holder
+
+
+class Holder:
+    def __init__(self, tensor, counter):
+        self.tensor, self.counter = tensor, counter
+
+    def __del__(self):
+        self.counter.alive -= 1
+
+
+def test_stream_keeps_one_task_graph_at_a_time():
+    b = batch(tasks=6, image=True)
+    peaks, kept = {}, {}
+    for batching in ("loop", "stream"):
+        model = _learner("maml", batching)
+        counter = SavedTensors()
+        with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda holder: holder.tensor):
+            out = model.meta_loss(b)
+            kept[batching] = counter.alive  # held by the returned loss until its backward
+            out.loss.backward()
+        peaks[batching] = counter.peak
+    assert kept["stream"] <= 2 * len(list(model.parameters())) < kept["loop"]
+    assert peaks["stream"] * 4 < peaks["loop"]  # one task's graph, not six
+
+
+def test_task_workers_need_stream_batching():
+    with pytest.raises(ValueError, match="task_workers=2 needs task_batching='stream'"):
+        MAML(mlp(), task_batching="loop", task_workers=2)
+
+
+def test_predict_and_reptile_agree_across_worker_counts():
+    b = batch(tasks=3, image=True)
+    with torch.no_grad():
+        one, two = (_learner("maml", "stream", w).predict(b.support_x, b.support_y, b.query_x) for w in (1, 2))
+    torch.testing.assert_close(one, two, rtol=0, atol=0)
+    grads = []
+    for workers in (1, 2):
+        torch.manual_seed(0)
+        backbone = create_model("conv4", hidden=4, bn="batch", image_size=16, out_features=3).double()
+        model = Reptile(backbone, inner_lr=0.1, inner_steps=2, eval_inner_steps=2, inner_batch=3, task_workers=workers)
+        out = model.meta_loss(b)
+        grads.append((out.loss.detach(), torch.autograd.grad(out.loss, list(backbone.parameters()))))
+        with torch.no_grad():
+            grads[-1] += (model.predict(b.support_x, b.support_y, b.query_x),)
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-12, atol=0)
+    for a, c in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(grads[0][2], grads[1][2], rtol=0, atol=0)

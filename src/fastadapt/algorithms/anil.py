@@ -23,7 +23,8 @@ class ANIL(nn.Module):
     Args:
         backbone: ``(N, *example_shape) -> (N, ways)``.
         head: regular expression of the head's parameter names (``Conv4``'s head is ``head.``).
-        inner_lr, inner_steps, eval_inner_steps, first_order, loss, task_batching, precision: as in ``MAML``.
+        inner_lr, inner_steps, eval_inner_steps, first_order, loss, task_batching, precision,
+            task_workers: as in ``MAML``.
     """
 
     def __init__(
@@ -35,13 +36,14 @@ class ANIL(nn.Module):
         eval_inner_steps: int | None = None,
         first_order: bool = False,
         loss: Literal["cross_entropy", "mse"] = "cross_entropy",
-        task_batching: Literal["loop", "vmap"] = "loop",
+        task_batching: Literal["stream", "loop", "vmap"] = "stream",
         precision: Literal["float32", "bfloat16"] = "float32",
+        task_workers: int = 1,
     ) -> None:
         super().__init__()
         self.backbone, self.inner_lr = backbone, inner_lr
         self.inner = InnerLoop.for_backbone(
-            backbone, loss, inner_steps, eval_inner_steps, first_order, head, task_batching, precision
+            backbone, loss, inner_steps, eval_inner_steps, first_order, head, task_batching, precision, task_workers
         )
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:

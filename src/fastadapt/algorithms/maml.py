@@ -7,7 +7,9 @@ loss is the mean query loss over the meta-batch, differentiated through the
 inner steps (second order) or not (``first_order=True``: first-order MAML).
 ``adapt`` selects the parameters adapted in the inner loop by a regular expression.
 
-Tasks of a meta-batch run in a Python loop (default) or under ``torch.func.vmap``.
+Tasks of a meta-batch run in a Python loop, each task's meta-gradient taken as soon
+as its query loss exists (default; optionally on several threads), in a loop that
+keeps one graph for the meta-batch, or under ``torch.func.vmap``.
 BatchNorm: functional calls get copies of the backbone's buffers, so ``meta_loss``
 and ``predict`` never change the module's running statistics; the recipes use
 batch statistics (``bn="batch"``), as the paper's code does.
@@ -37,11 +39,19 @@ class MAML(nn.Module):
         first_order: drop second-order terms (FOMAML).
         adapt: regular expression of the parameter names adapted (default: all).
         loss: ``"cross_entropy"`` (classification) or ``"mse"`` (regression).
-        task_batching: ``"loop"`` or ``"vmap"`` over the tasks of a meta-batch.
+        task_batching: over the tasks of a meta-batch: ``"stream"`` (a loop that takes each
+            task's meta-gradient as soon as its query loss exists, so peak memory is one task's
+            graph; ``meta_loss`` then returns a surrogate loss with the mean query loss as value
+            and the meta-gradient as gradient: ``fastadapt.inner_loop.streamed_meta_loss``),
+            ``"loop"`` (one graph for the whole meta-batch, differentiable to any order) or
+            ``"vmap"``.
         precision: ``"bfloat16"`` runs the query forward passes (and the backward through
             them) under bfloat16 autocast, the inner loop in float32
             (``fastadapt.inner_loop.query_forward``): a 1.24x faster Omniglot 5-way 1-shot step
             on the project's AVX512-BF16 CPU (``benchmarks/precision.py``).
+        task_workers: threads the tasks are split over with ``"stream"`` and in ``predict``
+            (``fastadapt.task_parallel``); each gets ``torch.get_num_threads() // task_workers``
+            intra-op threads.
     """
 
     def __init__(
@@ -53,13 +63,14 @@ class MAML(nn.Module):
         first_order: bool = False,
         adapt: str | None = None,
         loss: Literal["cross_entropy", "mse"] = "cross_entropy",
-        task_batching: Literal["loop", "vmap"] = "loop",
+        task_batching: Literal["stream", "loop", "vmap"] = "stream",
         precision: Literal["float32", "bfloat16"] = "float32",
+        task_workers: int = 1,
     ) -> None:
         super().__init__()
         self.backbone, self.inner_lr = backbone, inner_lr
         self.inner = InnerLoop.for_backbone(
-            backbone, loss, inner_steps, eval_inner_steps, first_order, adapt, task_batching, precision
+            backbone, loss, inner_steps, eval_inner_steps, first_order, adapt, task_batching, precision, task_workers
         )
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:

@@ -29,7 +29,8 @@ class MetaSGD(nn.Module):
         backbone: ``(N, *example_shape) -> (N, ways)`` (``(N, *target)`` for regression).
         inner_lr: initial value of every learned learning rate (the paper draws them
             from U[0.005, 0.1]; a constant start is deterministic and works as well).
-        inner_steps, eval_inner_steps, first_order, adapt, loss, task_batching, precision: as in ``MAML``.
+        inner_steps, eval_inner_steps, first_order, adapt, loss, task_batching, precision,
+            task_workers: as in ``MAML``.
     """
 
     def __init__(
@@ -41,13 +42,14 @@ class MetaSGD(nn.Module):
         first_order: bool = False,
         adapt: str | None = None,
         loss: Literal["cross_entropy", "mse"] = "cross_entropy",
-        task_batching: Literal["loop", "vmap"] = "loop",
+        task_batching: Literal["stream", "loop", "vmap"] = "stream",
         precision: Literal["float32", "bfloat16"] = "float32",
+        task_workers: int = 1,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.inner = InnerLoop.for_backbone(
-            backbone, loss, inner_steps, eval_inner_steps, first_order, adapt, task_batching, precision
+            backbone, loss, inner_steps, eval_inner_steps, first_order, adapt, task_batching, precision, task_workers
         )
         params = dict(backbone.named_parameters())
         self.lrs = nn.ParameterDict(

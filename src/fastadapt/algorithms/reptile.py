@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaOutput, register_algorithm
 from fastadapt.inner_loop import Params, buffer_copies, forward, loss_function
+from fastadapt.task_parallel import check_workers, map_shares
 from fastadapt.tasks.spec import EpisodeBatch
 
 
@@ -39,6 +40,8 @@ class Reptile(nn.Module):
         loss: ``"cross_entropy"`` or ``"mse"``.
         transductive: in ``predict``, normalise all queries of a task together (batch
             statistics over the query set) instead of each query with the support set.
+        task_workers: threads the tasks of a meta-batch are split over, in ``meta_loss`` and
+            ``predict`` (``fastadapt.task_parallel``).
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class Reptile(nn.Module):
         inner_optimizer: Literal["adam", "sgd"] = "adam",
         loss: Literal["cross_entropy", "mse"] = "cross_entropy",
         transductive: bool = False,
+        task_workers: int = 1,
     ) -> None:
         super().__init__()
         if inner_optimizer not in ("adam", "sgd"):
@@ -60,13 +64,17 @@ class Reptile(nn.Module):
         self.backbone, self.inner_lr, self.inner_optimizer = backbone, inner_lr, inner_optimizer
         self.inner_steps, self.eval_inner_steps, self.inner_batch = inner_steps, eval_inner_steps, inner_batch
         self.loss, self.transductive = loss_function(loss), transductive
+        check_workers(task_workers)
+        self.task_workers = task_workers
 
-    def train_task(self, support_x: Tensor, support_y: Tensor, steps: int) -> Params:
+    def train_task(self, support_x: Tensor, support_y: Tensor, steps: int, model: nn.Module | None = None) -> Params:
         """Parameters after ``steps`` inner minibatch steps on one task (no graph kept).
 
         Args:
             support_x: ``(N, ...)`` class-major support examples; ``support_y``: ``(N,)``.
+            model: the module called (default the backbone; worker threads pass a replica).
         """
+        model = self.backbone if model is None else model
         ways = int(support_y.max()) + 1 if support_y.dtype == torch.long else 1
         order = torch.arange(len(support_x)).view(ways, -1).t().flatten()  # shot-major
         params = {n: p.detach().clone().requires_grad_() for n, p in self.backbone.named_parameters()}
@@ -76,7 +84,7 @@ class Reptile(nn.Module):
             for step in range(steps):
                 start = (step * self.inner_batch) % len(order)
                 idx = order[start : start + self.inner_batch]
-                loss = self.loss(forward(self.backbone, params, buffers, support_x[idx]), support_y[idx])
+                loss = self.loss(forward(model, params, buffers, support_x[idx]), support_y[idx])
                 grads = torch.autograd.grad(loss, list(params.values()))
                 params = self._update(params, dict(zip(params, grads)), moments, step + 1)
         return params
@@ -94,31 +102,43 @@ class Reptile(nn.Module):
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
         current = dict(self.backbone.named_parameters())
-        direction = {n: torch.zeros_like(p) for n, p in current.items()}
-        outputs, query_loss = [], torch.zeros(())
-        for t in range(len(batch)):
-            adapted = self.train_task(batch.support_x[t], batch.support_y[t], self.inner_steps)
-            for n in direction:
-                direction[n] += (current[n] - adapted[n]).detach() / len(batch)
-            with torch.no_grad():
-                out = forward(self.backbone, adapted, buffer_copies(self.backbone), batch.query_x[t])
-                query_loss = query_loss + self.loss(out, batch.query_y[t]) / len(batch)
-            outputs.append(out)
+        tasks = len(batch)
+
+        def share_fn(model: nn.Module, share: range) -> tuple[Params, list[Tensor], list[Tensor]]:
+            direction = {n: torch.zeros_like(p) for n, p in current.items()}
+            losses, outputs = [], []
+            for t in share:
+                adapted = self.train_task(batch.support_x[t], batch.support_y[t], self.inner_steps, model)
+                for n in direction:
+                    direction[n] += (current[n] - adapted[n]).detach() / tasks
+                with torch.no_grad():
+                    out = forward(model, adapted, buffer_copies(self.backbone), batch.query_x[t])
+                    losses.append(self.loss(out, batch.query_y[t]))
+                outputs.append(out)
+            return direction, losses, outputs
+
+        results = map_shares(self.backbone, tasks, self.task_workers, share_fn)
+        query_loss = torch.stack([v for _, losses, _ in results for v in losses]).mean()
+        direction = {n: torch.stack([d[n] for d, _, _ in results]).sum(0) for n in current}
         # Value: the adapted query loss (for logging). Gradient: d = mean(theta - phi), since
         # d/dtheta sum((theta - theta.detach()) * d) = d; an SGD step of size epsilon is Reptile's.
         surrogate = query_loss + sum(((p - p.detach()) * direction[n]).sum() for n, p in current.items())
-        return MetaOutput(surrogate, torch.stack(outputs))
+        return MetaOutput(surrogate, torch.stack([o for _, _, outs in results for o in outs]))
 
     def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
-        outputs = []
-        for t in range(support_x.shape[0]):
-            adapted = self.train_task(support_x[t], support_y[t], self.eval_inner_steps)
-            buffers = buffer_copies(self.backbone)
-            with torch.no_grad():
-                if self.transductive:
-                    outputs.append(forward(self.backbone, adapted, buffers, query_x[t]))
-                    continue
-                # Each query is normalised together with the support set only (support + 1).
-                per_query = [forward(self.backbone, adapted, buffers, torch.cat([support_x[t], q[None]]))[-1] for q in query_x[t]]
-                outputs.append(torch.stack(per_query))
-        return torch.stack(outputs)
+        def share_fn(model: nn.Module, share: range) -> list[Tensor]:
+            outputs = []
+            for t in share:
+                adapted = self.train_task(support_x[t], support_y[t], self.eval_inner_steps, model)
+                buffers = buffer_copies(self.backbone)
+                with torch.no_grad():
+                    if self.transductive:
+                        outputs.append(forward(model, adapted, buffers, query_x[t]))
+                        continue
+                    # Each query is normalised together with the support set only (support + 1).
+                    per_query = [forward(model, adapted, buffers, torch.cat([support_x[t], q[None]]))[-1] for q in query_x[t]]
+                    outputs.append(torch.stack(per_query))
+            return outputs
+
+        results = map_shares(self.backbone, support_x.shape[0], self.task_workers, share_fn)
+        return torch.stack([o for outs in results for o in outs])
