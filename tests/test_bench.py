@@ -16,6 +16,12 @@ def test_bench_cli_prints_table(capsys):
     assert "matmul peak:" in out
 
 
+def test_bench_fast_adds_a_row_with_the_speed_settings(capsys):
+    assert main(["bench", "--configs", "reptile-5w", "--steps", "1", "--threads", "2", "--fast"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| reptile-5w")]
+    assert [r.split(" | ")[0] for r in rows] == ["| reptile-5w", "| reptile-5w (fast)"]
+
+
 def test_bench_unknown_config(capsys):
     assert main(["bench", "--configs", "maml-5w1s"]) == 1
     assert "unknown bench config 'maml-5w1s'" in capsys.readouterr().err

@@ -147,6 +147,31 @@ def fastadapt_backward(config: BenchConfig, backbone: nn.Module) -> Backward:
     return backward
 
 
+def speed_options(config: BenchConfig) -> dict[str, Any]:
+    """The algorithm arguments of fastadapt's speed settings (README "Speed settings") for ``config``.
+
+    MAML: bfloat16 query passes and ``task_workers`` = the intra-op threads (tasks split
+    over threads, one intra-op thread each); ProtoNet: bfloat16 backbone (plus channels-last
+    parameters, applied by ``fast_backward``); its one episode per step has no tasks to split.
+    Reptile: ``task_workers`` (it has no reduced-precision option).
+    """
+    workers = {"task_workers": torch.get_num_threads()}
+    options = {"maml": {"precision": "bfloat16"} | workers, "protonet": {"precision": "bfloat16"}, "reptile": workers}
+    return options.get(config.algorithm, {})
+
+
+def fast_backward(config: BenchConfig, backbone: nn.Module) -> Backward:
+    """``fastadapt_backward`` with ``speed_options`` (and ``train.channels_last`` for ProtoNet)."""
+    learner = create_algorithm(config.algorithm, backbone, **config.algorithm_args, **speed_options(config))
+    if config.algorithm == "protonet":
+        learner.to(memory_format=torch.channels_last)  # what train.channels_last does
+
+    def backward(batch: EpisodeBatch) -> None:
+        learner.meta_loss(batch).loss.backward()
+
+    return backward
+
+
 def outer_optimizer(config: BenchConfig, params: Sequence[Tensor]) -> torch.optim.Optimizer:
     """The outer optimiser: Adam for MAML and ProtoNet, SGD (the Reptile update) for Reptile."""
     name, lr = config.outer
@@ -271,17 +296,19 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _child(name: str, steps: int | None, warmup: int, threads: int, allocator: bool) -> BenchResult:
+def _child(name: str, steps: int | None, warmup: int, threads: int, allocator: bool, fast: bool) -> BenchResult:
     if allocator:
         tune_allocator()  # the engine's default
     set_threads(threads)
     config = get_config(name)
-    return BenchResult.of(name, config, measure(config, steps=config.quick_steps if steps is None else steps, warmup=warmup))
+    steps = config.quick_steps if steps is None else steps
+    m = measure(config, fast_backward if fast else fastadapt_backward, steps=steps, warmup=warmup)
+    return BenchResult.of(f"{name} (fast)" if fast else name, config, m)
 
 
 def run(
     configs: Sequence[str] | None = None, steps: int | None = None, warmup: int = 1, threads: int | None = None,
-    allocator: bool = True,
+    allocator: bool = True, fast: bool = False,
 ) -> tuple[list[BenchResult], float]:
     """Benchmark ``configs`` (default all), each in a fresh Python process.
 
@@ -289,6 +316,7 @@ def run(
         steps: timed steps per config (default: each config's ``quick_steps``).
         threads: intra-op threads (default: torch's current number).
         allocator: apply ``fastadapt.runtime.tune_allocator`` as the engine does by default.
+        fast: also time each config with ``speed_options`` (rows named ``"<config> (fast)"``).
 
     Returns:
         The results and the float32 matmul peak (GFLOP/s) measured in this process.
@@ -303,10 +331,10 @@ def run(
         raise ValueError(f"threads must be >= 1, got {threads}")
     env = os.environ | {"OMP_NUM_THREADS": str(threads)}
     results = []
-    for name in names:
+    for name, variant in [(n, v) for n in names for v in ([[], ["--fast"]] if fast else [[]])]:
         argv = [sys.executable, "-m", "fastadapt.bench", name, "--warmup", str(warmup), "--threads", str(threads)]
         argv += (["--steps", str(steps)] if steps is not None else []) + ([] if allocator else ["--no-tune-allocator"])
-        done = subprocess.run(argv, capture_output=True, text=True, env=env)
+        done = subprocess.run(argv + variant, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"bench config {name!r} failed:\n{done.stderr.strip()}")
         results.append(BenchResult(**json.loads(done.stdout.strip().splitlines()[-1])))
@@ -344,8 +372,9 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-tune-allocator", action="store_true")
+    parser.add_argument("--fast", action="store_true")
     args = parser.parse_args(argv)
-    result = _child(args.config, args.steps, args.warmup, args.threads, not args.no_tune_allocator)
+    result = _child(args.config, args.steps, args.warmup, args.threads, not args.no_tune_allocator, args.fast)
     print(json.dumps(result._asdict()))
 
 

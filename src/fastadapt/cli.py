@@ -5,7 +5,7 @@
     fastadapt recipes [show NAME]
     fastadapt plot RUN_DIR
     fastadapt data omniglot [--verify | --download]
-    fastadapt bench [--configs NAME ...] [--steps N] [--threads N]
+    fastadapt bench [--configs NAME ...] [--steps N] [--threads N] [--fast]
     fastadapt --version
 """
 
@@ -100,7 +100,7 @@ def _bench(args: argparse.Namespace) -> int:
     from fastadapt.bench import format_table, run
 
     results, peak = run(args.configs, steps=args.steps, warmup=args.warmup, threads=args.threads,
-                        allocator=not args.no_tune_allocator)
+                        allocator=not args.no_tune_allocator, fast=args.fast)
     print(format_table(results, peak, args.threads))
     return 0
 
@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per config")
     bench.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     bench.add_argument("--no-tune-allocator", action="store_true", help="leave glibc malloc at its defaults")
+    bench.add_argument("--fast", action="store_true",
+                       help="also time each config with the speed settings (bfloat16, task workers, channels-last)")
     bench.set_defaults(handler=_bench)
     return parser
 
