@@ -235,6 +235,9 @@ def measure(
 ) -> Measurement:
     """Time ``steps`` training steps after ``warmup`` untimed ones, in this process.
 
+    The peak resident memory is taken after the timed steps, before the FLOPs of one step
+    are counted (``count_flops``: tracing every op costs memory of its own).
+
     Args:
         make_backward: ``(config, backbone) -> backward``, where ``backward(batch)`` leaves
             the meta-gradient in the backbone parameters' ``.grad``.
@@ -245,7 +248,6 @@ def measure(
     params = list(backbone.parameters())
     batches = [synthetic_batch(config, seed) for seed in range(max(1, min(pool, warmup + steps)))]
     optimizer = outer_optimizer(config, params)
-    flops = count_flops(lambda: backward(batches[0]))
 
     def step(i: int) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -259,7 +261,9 @@ def measure(
         if i >= warmup:
             times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return Measurement(times, flops, peak)
+    # Counted after the timing: tracing every op under FlopCounterMode costs memory of its own.
+    optimizer.zero_grad(set_to_none=True)
+    return Measurement(times, count_flops(lambda: backward(batches[0])), peak)
 
 
 class BenchResult(NamedTuple):
