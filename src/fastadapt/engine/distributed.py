@@ -34,14 +34,19 @@ default 600 s). A rank that dies closes its sockets: the survivors' next
 collective fails at once and raises ``PeerLostError``; ``torchrun`` also stops
 the whole group when one worker exits. A rank that hangs is detected at the
 timeout. Only rank 0 touches the run directory; it reads checkpoints and sends
-their contents to the others, so nodes need no shared file system.
+their contents to the others, so nodes need no shared file system. Each group
+``init`` creates keeps its keys in the launcher's store under a token of its own,
+so a group restarted by ``torchrun --max-restarts`` never reads the dead group's
+addresses.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -158,8 +163,52 @@ def init() -> World:
         return world
     if torch.cuda.is_available():
         torch.cuda.set_device(world.local_rank)
-    dist.init_process_group(backend(), timeout=timedelta(seconds=timeout_s()))
+    # torch.distributed.nn binds ``group.WORLD`` as a default argument when it is imported. Imported
+    # after the group exists (building an optimizer pulls it in through torch._dynamo), it keeps the
+    # group and its gloo threads alive past ``teardown``; at interpreter exit such a thread, releasing
+    # the tensors of the last collective, aborts the process ("terminate called without an active
+    # exception"). Imported now, the default is None.
+    importlib.import_module("torch.distributed.nn")
+    timeout = timedelta(seconds=timeout_s())
+    store, _, _ = next(dist.rendezvous("env://", world.rank, world.world_size, timeout=timeout))
+    store = dist.PrefixStore("fastadapt", store)
+    store = dist.PrefixStore(f"group-{_group_token(store, world)}", store)
+    dist.init_process_group(backend(), store=store, rank=world.rank, world_size=world.world_size, timeout=timeout)
     return World(world.rank, world.world_size, world.local_rank, world.local_world_size, owns_group=True)
+
+
+def _group_token(store: dist.Store, world: World) -> str:
+    """A key prefix used by this worker group alone, handed out by rank 0.
+
+    ``torchrun`` keeps one store for every worker group it starts (``--max-restarts``), and the
+    process group's keys (each rank's gloo address) are the same in every group: a restarted rank
+    could read the address of a dead rank of the previous group ("connectFullMesh failed ...
+    Connection refused"). ``TORCHELASTIC_RESTART_COUNT`` cannot name the group: an agent does not
+    count restarts for membership changes, so nodes can disagree on it. Instead each rank asks under
+    a fresh nonce and rank 0 answers with a fresh token: no key read here is left from an earlier group.
+    """
+    if not world.is_main:
+        nonce = uuid.uuid4().hex
+        store.set(f"hello/{world.rank}", nonce)
+        token = store.get(f"welcome/{nonce}").decode()  # waits up to the timeout
+        store.set(f"{token}/joined/{world.rank}", "1")
+        return token
+    token, answered = uuid.uuid4().hex, {}
+    pending, deadline = set(range(1, world.world_size)), time.monotonic() + timeout_s()
+    while pending:
+        for rank in sorted(pending):
+            # hello/<rank> may still hold a dead rank's nonce: answering it too is harmless
+            nonce = store.get(f"hello/{rank}").decode() if store.check([f"hello/{rank}"]) else None
+            if nonce is not None and answered.get(rank) != nonce:
+                store.set(f"welcome/{nonce}", token)
+                answered[rank] = nonce
+            if store.check([f"{token}/joined/{rank}"]):
+                pending.discard(rank)
+        if pending and time.monotonic() > deadline:
+            raise PeerLostError(f"rank 0 of {world.world_size}: ranks {sorted(pending)} did not join within "
+                                f"{timeout_s():g} s (set {TIMEOUT_ENV})")
+        time.sleep(0.005)
+    return token
 
 
 def teardown(world: World) -> None:
