@@ -41,6 +41,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from fastadapt.engine.distributed import detect
     from fastadapt.engine.trainer import describe, evaluate_run
 
     if args.ways or args.shots:
@@ -50,12 +51,14 @@ def _eval(args: argparse.Namespace) -> int:
             args.path, args.ways, args.shots, args.overrides,
             data_dir=args.data_dir, cache_dir=args.cache_dir, progress=not args.no_progress,
         )
-        print(grid_table(results))
+        if detect().is_main:
+            print(grid_table(results))
         return 0
     config, result = evaluate_run(
         args.path, args.overrides, data_dir=args.data_dir, cache_dir=args.cache_dir, progress=not args.no_progress
     )
-    print(describe(result, config))
+    if detect().is_main:  # under torchrun every rank returns the same result: rank 0 prints it
+        print(describe(result, config))
     return 0
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastadapt.engine import distributed, train
+from fastadapt.engine import distributed, evaluate_run, train
 from fastadapt.engine.checkpoint import load_checkpoint
 from fastadapt.engine.metrics_log import read_metrics
+from fastadapt.engine.trainer import describe
 
 SMALL = [
     "data.dataset=synthetic", "data.split=default", "data.image_size=16", "backbone.args.hidden=8",
@@ -109,18 +110,43 @@ def assert_same_run(one: Path, two: Path, loose_train_accuracy: bool = False) ->
     assert test_b["ci95"] == pytest.approx(test_a["ci95"], abs=1e-6)
 
 
+# Re-evaluation: 7 episodes in batches of 2, dealt out unevenly (rank 0: episodes 0, 1, 4, 5; rank 1: 2, 3, 6).
+EVAL = ["eval.episodes=7", "eval_task.batch_size=2"]
+
+
 def test_two_ranks_through_the_python_api_match_one_process(tmp_path):
+    """Training, then re-evaluation (``evaluate_run`` and ``fastadapt eval``) on 2 ranks against 1 process."""
     recipe, overrides = CASES["maml"]
     script = tmp_path / "api.py"
     script.write_text(textwrap.dedent(f"""
-        import json, os, sys
-        from fastadapt.engine import train
+        import contextlib, io, json, os, sys
+        from fastadapt.cli import main
+        from fastadapt.engine import evaluate_run, train
+        from fastadapt.engine import build
         result = train({recipe!r}, {overrides!r}, run_dir=sys.argv[1], progress=False)
+        seen, build_source = [], build.build_source
+
+        class Recording:  # the test source, noting which episodes this rank draws
+            def __init__(self, source):
+                self.source = source
+            def __getattr__(self, name):
+                return getattr(self.source, name)
+            def sample(self, indices):
+                seen.extend(int(i) for i in indices)
+                return self.source.sample(indices)
+
+        build.build_source = lambda *args, **kwargs: Recording(build_source(*args, **kwargs))
+        _, again = evaluate_run(sys.argv[1], {EVAL!r}, progress=False)
+        build.build_source = build_source
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = main(["eval", sys.argv[1], *{EVAL!r}, "--no-progress"])
         # gloo threads still running after train() returns mean a leaked process group (a rank can
         # abort at exit: "terminate called without an active exception")
         threads = [open(f"/proc/self/task/{{t}}/comm").read().strip() for t in os.listdir("/proc/self/task")]
         out = {{"mean": result.test.mean, "n": result.test.n, "best": result.best_iteration,
-               "gloo_threads": [t for t in threads if "gloo" in t]}}
+               "eval": [again.per_episode.tolist(), again.mean, again.ci95, again.n],
+               "cli": [code, printed.getvalue()], "seen": seen, "gloo_threads": [t for t in threads if "gloo" in t]}}
         with open(os.path.join(sys.argv[2], "rank%s.json" % os.environ["RANK"]), "w") as f:
             json.dump(out, f)
     """))
@@ -129,9 +155,15 @@ def test_two_ranks_through_the_python_api_match_one_process(tmp_path):
     assert_same_run(tmp_path / "one", tmp_path / "two")
     assert json.loads((tmp_path / "one" / "results.json").read_text())["test"]["mean"] > 0.3  # it learns
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    cli = [rank.pop("cli") for rank in ranks]
+    assert [rank.pop("seen") for rank in ranks] == [[0, 1, 4, 5], [2, 3, 6]]  # the episodes are split
     assert ranks[0] == ranks[1] and ranks[0]["n"] == 6  # every rank returns the full result
     assert ranks[0]["gloo_threads"] == [], ranks  # teardown really destroyed the group
     assert not (tmp_path / "two" / "metrics.jsonl.tmp").exists()
+    # the same checkpoint re-evaluated in this process: the same episodes, values, mean and CI, exactly
+    config, one = evaluate_run(tmp_path / "two", EVAL, progress=False)
+    assert ranks[0]["eval"] == [one.per_episode.tolist(), one.mean, one.ci95, 7]
+    assert cli == [[0, describe(one, config) + "\n"], [0, ""]]  # rank 0 alone prints
 
 
 @pytest.mark.slow

@@ -423,14 +423,22 @@ def load_for_eval(path: str | Path, overrides: list[str] | None = None) -> tuple
     Overrides apply before the model is built, so evaluation-time algorithm arguments
     (e.g. ``algorithm.args.eval_inner_steps=10``) take effect.
     """
+    checkpoint = _checkpoint_file(path)
+    config, model = _from_checkpoint(load_checkpoint(checkpoint), overrides)
+    return config, model, checkpoint
+
+
+def _checkpoint_file(path: str | Path) -> Path:
     path = Path(path)
-    checkpoint = path / "checkpoints" / "best.pt" if path.is_dir() else path
-    state = load_checkpoint(checkpoint)
+    return path / "checkpoints" / "best.pt" if path.is_dir() else path
+
+
+def _from_checkpoint(state: dict[str, Any], overrides: list[str] | None) -> tuple[Config, nn.Module]:
     config = apply_overrides(Config.from_dict(state["config"]), list(overrides or []))
     build.validate(config)
     model = build.build_model(config)
     model.load_state_dict(state["model"])
-    return config, model, checkpoint
+    return config, model
 
 
 def load_learner(path: str | Path) -> tuple[Config, nn.Module]:
@@ -451,10 +459,21 @@ def evaluate_run(
     cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[Config, EvalResult]:
-    """Re-evaluate a trained run on the test split, e.g. with other ways/shots (``eval_task.shots=5``)."""
-    config, model, _ = load_for_eval(path, overrides)
-    sampler = build.build_source(config, "test", data_dir, cache_dir)
-    return config, run_protocol(model, sampler, config, config.eval.episodes, progress)
+    """Re-evaluate a trained run on the test split, e.g. with other ways/shots (``eval_task.shots=5``).
+
+    Under ``torchrun`` the episodes are split across the ranks as in training's evaluation (rank 0
+    reads the checkpoint and sends it to the others); every rank returns the result over all episodes.
+    """
+    world = distributed.init()
+    try:
+        state = distributed.on_main(lambda: load_checkpoint(_checkpoint_file(path)), world, "loading the checkpoint")
+        config, model = _from_checkpoint(state, overrides)
+        if world.active:  # ranks sharing a node would oversubscribe its cores with torch's default
+            torch.set_num_threads(config.train.threads if config.train.threads > 0 else distributed.default_threads(world))
+        sampler = build.build_source(config, "test", data_dir, cache_dir)
+        return config, run_protocol(model, sampler, config, config.eval.episodes, progress and world.is_main, world)
+    finally:
+        distributed.teardown(world)
 
 
 def run_protocol(
