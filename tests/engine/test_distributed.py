@@ -282,10 +282,13 @@ def _worker_pids(launcher: int) -> dict[int, int]:
 FAULT = [o for o in PROTONET if not o.startswith("train.iterations")] + ["train.iterations=40"]
 
 
-def _start_and_kill_rank1(run_dir: Path, restarts: int) -> subprocess.Popen:
-    cmd = torchrun(["-m", "fastadapt", "train", "omniglot/protonet-5w1s", *FAULT, "--run-dir", str(run_dir), "--no-progress"],
+def _start_and_kill_rank1(run_dir: Path, restarts: int, sig: int = signal.SIGKILL, options: list[str] = FAULT,
+                          env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a 2-rank training run and send ``sig`` to rank 1 once iteration 13 is logged."""
+    cmd = torchrun(["-m", "fastadapt", "train", "omniglot/protonet-5w1s", *options, "--run-dir", str(run_dir), "--no-progress"],
                    restarts=restarts)
-    proc = subprocess.Popen(cmd, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env={**environment(), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     metrics, deadline = run_dir / "metrics.jsonl", time.time() + 120
     while time.time() < deadline:
         if metrics.exists() and any(r["iteration"] >= 13 for r in read_metrics(metrics)):
@@ -293,7 +296,7 @@ def _start_and_kill_rank1(run_dir: Path, restarts: int) -> subprocess.Popen:
         if proc.poll() is not None:
             pytest.fail(f"training exited early: {proc.stderr.read()}")
         time.sleep(0.02)
-    os.kill(_worker_pids(proc.pid)[1], signal.SIGKILL)
+    os.kill(_worker_pids(proc.pid)[1], sig)
     return proc
 
 
@@ -335,6 +338,36 @@ def test_torchrun_restart_continues_from_last_checkpoint(tmp_path, uninterrupted
     _, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 0, stderr[-3000:]
     assert_identical_run(uninterrupted, run)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+def test_hung_rank_stops_the_run_at_the_collective_timeout(tmp_path):
+    """A rank alive but stuck (SIGSTOP) is caught by the other rank's collective timeout."""
+    options = [o for o in FAULT if not o.startswith("train.iterations")] + ["train.iterations=100000"]
+    proc = _start_and_kill_rank1(tmp_path / "hung", 0, signal.SIGSTOP, options, {"FASTADAPT_DIST_TIMEOUT_S": "20"})
+    stopped, pids = time.time(), _worker_pids(proc.pid)
+    try:
+        while _running(pids[0]) and time.time() - stopped < 60:
+            time.sleep(0.1)
+        waited = time.time() - stopped
+        # A hung rank still dies on torchrun's SIGTERM; a stopped one only on the SIGKILL 30 s later.
+        os.kill(pids[1], signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        for pid in pids.values():
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.kill()
+    assert proc.returncode != 0 and 18 < waited < 40, (proc.returncode, waited)  # the timeout, not sooner
+    message = "another rank has probably died or hung (timeout 20 s, set FASTADAPT_DIST_TIMEOUT_S)"
+    assert "fastadapt: error: rank 0 of 2:" in stderr and message in stderr, stderr[-3000:]
 
 
 def test_peer_loss_without_torchrun_gives_a_clear_error(tmp_path):
