@@ -21,6 +21,7 @@ from fastadapt.engine import distributed, evaluate_run, train
 from fastadapt.engine.checkpoint import load_checkpoint
 from fastadapt.engine.metrics_log import read_metrics
 from fastadapt.engine.trainer import describe
+from fastadapt.engine.grid import evaluate_grid
 
 SMALL = [
     "data.dataset=synthetic", "data.split=default", "data.image_size=16", "backbone.args.hidden=8",
@@ -115,7 +116,8 @@ EVAL = ["eval.episodes=7", "eval_task.batch_size=2"]
 
 
 def test_two_ranks_through_the_python_api_match_one_process(tmp_path):
-    """Training, then re-evaluation (``evaluate_run`` and ``fastadapt eval``) on 2 ranks against 1 process."""
+    """Training, then re-evaluation (``evaluate_run``, ``fastadapt eval``, ``evaluate_grid``) on 2 ranks
+    against 1 process."""
     recipe, overrides = CASES["maml"]
     script = tmp_path / "api.py"
     script.write_text(textwrap.dedent(f"""
@@ -141,12 +143,19 @@ def test_two_ranks_through_the_python_api_match_one_process(tmp_path):
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             code = main(["eval", sys.argv[1], *{EVAL!r}, "--no-progress"])
+        import pathlib
+        from fastadapt.engine.grid import evaluate_grid
+        writes, write_text = [], pathlib.Path.write_text
+        pathlib.Path.write_text = lambda self, *a, **k: (writes.append(self.name), write_text(self, *a, **k))[1]
+        _, cells = evaluate_grid(sys.argv[1], None, [1, 2], {EVAL!r})
+        pathlib.Path.write_text = write_text
         # gloo threads still running after train() returns mean a leaked process group (a rank can
         # abort at exit: "terminate called without an active exception")
         threads = [open(f"/proc/self/task/{{t}}/comm").read().strip() for t in os.listdir("/proc/self/task")]
         out = {{"mean": result.test.mean, "n": result.test.n, "best": result.best_iteration,
                "eval": [again.per_episode.tolist(), again.mean, again.ci95, again.n],
-               "cli": [code, printed.getvalue()], "seen": seen, "gloo_threads": [t for t in threads if "gloo" in t]}}
+               "cli": [code, printed.getvalue()], "seen": seen, "gloo_threads": [t for t in threads if "gloo" in t],
+               "grid": [[c.per_episode.tolist(), c.mean, c.ci95, c.n] for c in cells], "grid_writes": writes}}
         with open(os.path.join(sys.argv[2], "rank%s.json" % os.environ["RANK"]), "w") as f:
             json.dump(out, f)
     """))
@@ -156,6 +165,7 @@ def test_two_ranks_through_the_python_api_match_one_process(tmp_path):
     assert json.loads((tmp_path / "one" / "results.json").read_text())["test"]["mean"] > 0.3  # it learns
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     cli = [rank.pop("cli") for rank in ranks]
+    assert [rank.pop("grid_writes") for rank in ranks] == [["eval_grid.json"], []]  # rank 0 alone writes
     assert [rank.pop("seen") for rank in ranks] == [[0, 1, 4, 5], [2, 3, 6]]  # the episodes are split
     assert ranks[0] == ranks[1] and ranks[0]["n"] == 6  # every rank returns the full result
     assert ranks[0]["gloo_threads"] == [], ranks  # teardown really destroyed the group
@@ -164,6 +174,8 @@ def test_two_ranks_through_the_python_api_match_one_process(tmp_path):
     config, one = evaluate_run(tmp_path / "two", EVAL, progress=False)
     assert ranks[0]["eval"] == [one.per_episode.tolist(), one.mean, one.ci95, 7]
     assert cli == [[0, describe(one, config) + "\n"], [0, ""]]  # rank 0 alone prints
+    _, cells = evaluate_grid(tmp_path / "two", None, [1, 2], EVAL)  # the grid's cells are split the same way
+    assert ranks[0]["grid"] == [[c.per_episode.tolist(), c.mean, c.ci95, c.n] for c in cells]
 
 
 @pytest.mark.slow

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fastadapt.config import Config, apply_overrides
-from fastadapt.engine import build
+from fastadapt.engine import build, distributed
 from fastadapt.engine.evaluate import EvalResult
-from fastadapt.engine.trainer import load_for_eval, run_protocol
+from fastadapt.engine.trainer import load_on_ranks, run_protocol
 from fastadapt.tasks.sampler import EpisodeSampler
 
 GRID_FILE = "eval_grid.json"
@@ -35,23 +35,30 @@ def evaluate_grid(
 
     ``None`` (or empty) for ``ways`` or ``shots`` keeps the run's evaluation value. Returns
     the config and one result per combination (ways-major order); when ``path`` is a run
-    directory the results are also written to ``<run>/eval_grid.json``.
+    directory the results are also written to ``<run>/eval_grid.json`` (by rank 0 alone: under
+    ``torchrun`` each combination's episodes are split across the ranks, as in ``evaluate_run``).
     """
-    config, model, _ = load_for_eval(path, overrides)
-    ways = list(ways or [config.eval_task.ways])
-    shots = list(shots or [config.eval_task.shots])
-    dataset = None if config.data.dataset in build.DISTRIBUTIONS else build.load_partition(config, "test", data_dir, cache_dir)
-    results = []
-    for w in ways:
-        for s in shots:
-            spec_config = apply_overrides(config, [f"eval_task.ways={w}", f"eval_task.shots={s}"])
-            build.validate(spec_config)
-            if dataset is None:
-                sampler = build.build_source(spec_config, "test")
-            else:
-                sampler = EpisodeSampler(dataset, build.task_spec(spec_config.eval_task), seed=config.eval.seed)
-            results.append(run_protocol(model, sampler, spec_config, config.eval.episodes, progress))
-    if Path(path).is_dir():
+    world = distributed.init()
+    try:
+        config, model = load_on_ranks(path, overrides, world)
+        ways = list(ways or [config.eval_task.ways])
+        shots = list(shots or [config.eval_task.shots])
+        in_memory = config.data.dataset in build.DISTRIBUTIONS
+        dataset = None if in_memory else build.load_partition(config, "test", data_dir, cache_dir)
+        results = []
+        for w in ways:
+            for s in shots:
+                spec_config = apply_overrides(config, [f"eval_task.ways={w}", f"eval_task.shots={s}"])
+                build.validate(spec_config)
+                if dataset is None:
+                    sampler = build.build_source(spec_config, "test")
+                else:
+                    sampler = EpisodeSampler(dataset, build.task_spec(spec_config.eval_task), seed=config.eval.seed)
+                episodes = config.eval.episodes
+                results.append(run_protocol(model, sampler, spec_config, episodes, progress and world.is_main, world))
+    finally:
+        distributed.teardown(world)
+    if Path(path).is_dir() and world.is_main:
         rows = [r.as_dict() for r in results]
         (Path(path) / GRID_FILE).write_text(json.dumps({"recipe": config.name, "results": rows}, indent=2))
     return config, results

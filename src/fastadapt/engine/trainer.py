@@ -466,14 +466,22 @@ def evaluate_run(
     """
     world = distributed.init()
     try:
-        state = distributed.on_main(lambda: load_checkpoint(_checkpoint_file(path)), world, "loading the checkpoint")
-        config, model = _from_checkpoint(state, overrides)
-        if world.active:  # ranks sharing a node would oversubscribe its cores with torch's default
-            torch.set_num_threads(config.train.threads if config.train.threads > 0 else distributed.default_threads(world))
+        config, model = load_on_ranks(path, overrides, world)
         sampler = build.build_source(config, "test", data_dir, cache_dir)
         return config, run_protocol(model, sampler, config, config.eval.episodes, progress and world.is_main, world)
     finally:
         distributed.teardown(world)
+
+
+def load_on_ranks(path: str | Path, overrides: list[str] | None, world: distributed.World) -> tuple[Config, nn.Module]:
+    """``load_for_eval`` on every rank of ``world``: rank 0 reads the checkpoint and sends it to
+    the others; under ``torchrun`` the ranks sharing a node share its cores (``train.threads``,
+    else ``distributed.default_threads``)."""
+    state = distributed.on_main(lambda: load_checkpoint(_checkpoint_file(path)), world, "loading the checkpoint")
+    config, model = _from_checkpoint(state, overrides)
+    if world.active:  # ranks sharing a node would oversubscribe its cores with torch's default
+        torch.set_num_threads(config.train.threads if config.train.threads > 0 else distributed.default_threads(world))
+    return config, model
 
 
 def run_protocol(
