@@ -232,6 +232,7 @@ except RuntimeError as error:
 else:
     raise SystemExit("check_same did not raise")
 assert d.default_threads(world) >= 1
+assert d.any_rank(r == 1, world) and not d.any_rank(False, world)  # e.g. only rank 1's node counted a restart
 d.teardown(world)
 assert not dist.is_initialized()
 print("ok", r)

@@ -413,6 +413,16 @@ def fingerprint(module: nn.Module) -> list[float]:
     return [float(t.double().sum()) for t in module.state_dict().values() if torch.is_tensor(t)]
 
 
+def any_rank(flag: bool, world: World) -> bool:
+    """Whether ``flag`` holds on at least one rank; every rank gets the answer."""
+    if not world.active:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    with _collective("all-reduce", world):
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def decide(flag: bool, world: World) -> bool:
     """Rank 0's decision (e.g. the time budget ran out) on every rank."""
     if not world.active:

@@ -146,7 +146,10 @@ def _prepare(
     Every rank resolves its own arguments too and must reach rank 0's config. A worker
     group restarted by ``torchrun --max-restarts`` continues the run it finds in ``run_dir``.
     """
-    restarted = world.active and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    # Any rank's count: an agent does not count restarts for membership changes, so on several
+    # nodes rank 0's own count can still be 0 when the group was restarted.
+    count = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    restarted = distributed.any_rank(world.active and count > 0, world)
     config, path, resume = distributed.on_main(
         lambda: _open_run(recipe, overrides, run_dir, resume, restarted), world, "run setup"
     )
