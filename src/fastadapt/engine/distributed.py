@@ -34,10 +34,8 @@ default 600 s). A rank that dies closes its sockets: the survivors' next
 collective fails at once and raises ``PeerLostError``; ``torchrun`` also stops
 the whole group when one worker exits. A rank that hangs is detected at the
 timeout. Only rank 0 touches the run directory; it reads checkpoints and sends
-their contents to the others, so nodes need no shared file system. Each group
-``init`` creates keeps its keys in the launcher's store under a token of its own,
-so a group restarted by ``torchrun --max-restarts`` never reads the dead group's
-addresses.
+their contents to the others, so nodes need no shared file system. A group restarted
+by ``torchrun --max-restarts`` never reads the dead group's keys (``engine.rendezvous``).
 """
 
 from __future__ import annotations
@@ -46,7 +44,6 @@ import importlib
 import os
 import pickle
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,6 +53,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from fastadapt.engine import rendezvous
 
 T = TypeVar("T")
 TIMEOUT_ENV = "FASTADAPT_DIST_TIMEOUT_S"
@@ -170,45 +169,12 @@ def init() -> World:
     # exception"). Imported now, the default is None.
     importlib.import_module("torch.distributed.nn")
     timeout = timedelta(seconds=timeout_s())
-    store, _, _ = next(dist.rendezvous("env://", world.rank, world.world_size, timeout=timeout))
-    store = dist.PrefixStore("fastadapt", store)
-    store = dist.PrefixStore(f"group-{_group_token(store, world)}", store)
+    try:
+        store = rendezvous.group_store(world.rank, world.world_size, timeout)  # keys fresh for this group
+    except TimeoutError as error:
+        raise PeerLostError(f"{error} (set {TIMEOUT_ENV})") from None
     dist.init_process_group(backend(), store=store, rank=world.rank, world_size=world.world_size, timeout=timeout)
     return World(world.rank, world.world_size, world.local_rank, world.local_world_size, owns_group=True)
-
-
-def _group_token(store: dist.Store, world: World) -> str:
-    """A key prefix used by this worker group alone, handed out by rank 0.
-
-    ``torchrun`` keeps one store for every worker group it starts (``--max-restarts``), and the
-    process group's keys (each rank's gloo address) are the same in every group: a restarted rank
-    could read the address of a dead rank of the previous group ("connectFullMesh failed ...
-    Connection refused"). ``TORCHELASTIC_RESTART_COUNT`` cannot name the group: an agent does not
-    count restarts for membership changes, so nodes can disagree on it. Instead each rank asks under
-    a fresh nonce and rank 0 answers with a fresh token: no key read here is left from an earlier group.
-    """
-    if not world.is_main:
-        nonce = uuid.uuid4().hex
-        store.set(f"hello/{world.rank}", nonce)
-        token = store.get(f"welcome/{nonce}").decode()  # waits up to the timeout
-        store.set(f"{token}/joined/{world.rank}", "1")
-        return token
-    token, answered = uuid.uuid4().hex, {}
-    pending, deadline = set(range(1, world.world_size)), time.monotonic() + timeout_s()
-    while pending:
-        for rank in sorted(pending):
-            # hello/<rank> may still hold a dead rank's nonce: answering it too is harmless
-            nonce = store.get(f"hello/{rank}").decode() if store.check([f"hello/{rank}"]) else None
-            if nonce is not None and answered.get(rank) != nonce:
-                store.set(f"welcome/{nonce}", token)
-                answered[rank] = nonce
-            if store.check([f"{token}/joined/{rank}"]):
-                pending.discard(rank)
-        if pending and time.monotonic() > deadline:
-            raise PeerLostError(f"rank 0 of {world.world_size}: ranks {sorted(pending)} did not join within "
-                                f"{timeout_s():g} s (set {TIMEOUT_ENV})")
-        time.sleep(0.005)
-    return token
 
 
 def teardown(world: World) -> None:
