@@ -74,3 +74,37 @@ def test_thread_local_state_keeps_the_shares_on_the_calling_thread():
     assert counter.get_total_flops() == 2 * 2 * 2 * 2 * 2
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert map_shares(torch.nn.Linear(1, 1), 4, 2, fn) == [(me, torch.bfloat16)] * 2
+
+
+class Blocking(torch.nn.Module):
+    """A module whose forward signals ``entered`` and waits for ``release`` (class attributes)."""
+
+    entered, release = threading.Event(), threading.Event()
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+
+    def forward(self, x):
+        self.entered.set()
+        assert self.release.wait(10)
+        return self.lin(x)
+
+
+def test_other_threads_never_see_a_functional_call_in_flight_on_the_caller():
+    # functional_call swaps tensors into the module's attributes; a replica copied (or the model
+    # read) during that window would carry the swapped tensors instead of the parameters.
+    model = Blocking()
+    original = model.lin.weight
+
+    def fn(module, share):
+        if module is model:  # the caller's share: hold a functional call open on the model
+            zeros = {"lin.weight": torch.zeros(2, 2), "lin.bias": torch.zeros(2)}
+            return torch.func.functional_call(module, zeros, (torch.ones(1, 2),)).sum().item()
+        assert model.entered.wait(10)
+        # the hazard: the model itself shows the call's tensors now; the replica given to fn does not
+        seen = module.lin.weight is original and model.lin.weight is not original
+        model.release.set()
+        return seen
+
+    assert map_shares(model, 2, 2, fn) == [0.0, True]

@@ -13,6 +13,10 @@ duration of the call, so threads must not share a module: each worker calls a
 ``replica`` whose submodules are copies while its parameters and buffers are the
 original tensors (nothing is copied that the call does not replace).
 
+``fn`` must reach the model only through the module it is given: while one thread is inside
+``functional_call`` on a module, that module's attributes hold the call's tensors, so reading
+``model.named_parameters()`` from another thread would see them.
+
 The results are deterministic: shares are contiguous, in task order, and the caller
 combines the per-share results in share order. Random operations inside the model
 (dropout) draw from the global generator in an order that depends on thread timing,
@@ -94,11 +98,15 @@ def map_shares(model: nn.Module, tasks: int, workers: int, fn: Callable[[nn.Modu
     results: list[Any] = [None] * len(parts)
     errors: list[BaseException] = []
 
+    # Made here, before ``fn`` runs on ``model``: while a functional call is in flight on a module,
+    # its attributes hold that call's tensors, and a copy taken then would carry them.
+    replicas = [model] + [replica(model) for _ in parts[1:]]
+
     def run(k: int) -> None:
         try:
             torch.set_num_threads(each)
             with torch.set_grad_enabled(grad_enabled):
-                results[k] = fn(replica(model), parts[k])
+                results[k] = fn(replicas[k], parts[k])
         except BaseException as error:  # re-raised on the calling thread
             errors.append(error)
 
@@ -107,7 +115,7 @@ def map_shares(model: nn.Module, tasks: int, workers: int, fn: Callable[[nn.Modu
     try:
         for thread in threads:
             thread.start()
-        results[0] = fn(model, parts[0])
+        results[0] = fn(replicas[0], parts[0])
     finally:
         for thread in threads:
             thread.join()

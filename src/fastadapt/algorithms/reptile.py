@@ -74,12 +74,12 @@ class Reptile(nn.Module):
             support_x: ``(N, ...)`` class-major support examples; ``support_y``: ``(N,)``.
             model: the module called (default the backbone; worker threads pass a replica).
         """
-        model = self.backbone if model is None else model
+        model = self.backbone if model is None else model  # read through ``model`` only (task_parallel)
         ways = int(support_y.max()) + 1 if support_y.dtype == torch.long else 1
         order = torch.arange(len(support_x)).view(ways, -1).t().flatten()  # shot-major
-        params = {n: p.detach().clone().requires_grad_() for n, p in self.backbone.named_parameters()}
+        params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
         moments = {n: torch.zeros_like(p) for n, p in params.items()}
-        buffers = buffer_copies(self.backbone)
+        buffers = buffer_copies(model)
         with torch.enable_grad():
             for step in range(steps):
                 start = (step * self.inner_batch) % len(order)
@@ -112,7 +112,7 @@ class Reptile(nn.Module):
                 for n in direction:
                     direction[n] += (current[n] - adapted[n]).detach() / tasks
                 with torch.no_grad():
-                    out = forward(model, adapted, buffer_copies(self.backbone), batch.query_x[t])
+                    out = forward(model, adapted, buffer_copies(model), batch.query_x[t])
                     losses.append(self.loss(out, batch.query_y[t]))
                 outputs.append(out)
             return direction, losses, outputs
@@ -130,7 +130,7 @@ class Reptile(nn.Module):
             outputs = []
             for t in share:
                 adapted = self.train_task(support_x[t], support_y[t], self.eval_inner_steps, model)
-                buffers = buffer_copies(self.backbone)
+                buffers = buffer_copies(model)
                 with torch.no_grad():
                     if self.transductive:
                         outputs.append(forward(model, adapted, buffers, query_x[t]))
