@@ -32,21 +32,23 @@ def reproductions() -> str:
     return "\n".join(lines)
 
 
+def latest(name: str, key: str = "commit") -> list[dict]:
+    """The rows of ``results/<name>.jsonl`` that share the last row's ``key`` (its commit or run)."""
+    rows = read_rows(name)
+    return [r for r in rows if r[key] == rows[-1][key]] if rows else []
+
+
 def sampling() -> str:
     from sampling import table
 
-    rows = read_rows("sampling")
-    latest = [r for r in rows if r["commit"] == rows[-1]["commit"]] if rows else []
-    return table(latest)
+    return table(latest("sampling"))
 
 
 def task_batching() -> str:
-    rows = read_rows("task_batching")
-    latest = [r for r in rows if r["commit"] == rows[-1]["commit"]] if rows else []
     lines = ["| config | batching | median ms / meta-iteration | min ms | peak RSS MB | threads | commit |",
              "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
     lines += [f"| {r['config']} | {r['batching']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['peak_rss_mb']:.0f} | "
-              f"{r['threads']} | {r['commit']} |" for r in latest]
+              f"{r['threads']} | {r['commit']} |" for r in latest("task_batching")]
     return "\n".join(lines)
 
 
@@ -61,12 +63,11 @@ def _speedup(r: dict, rows: list[dict]) -> str:
 
 
 def peers() -> str:
-    rows = read_rows("peers")
-    latest = [r for r in rows if r["run"] == rows[-1]["run"]] if rows else []
+    rows = latest("peers", key="run")
     lines = ["| setting (matmul peak) | config | variant | throughput | vs best peer | median ms (min-max) | peak RSS MB | "
              "GFLOP / step | GFLOP/s | % of matmul peak | meta-grad max rel err f32 (f64) | threads | commit |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
-    for r in latest:
+    for r in rows:
         head = f"| {PEER_SETTINGS[r['setting']]} | {r['config']} | {r['variant']}"
         if "error" in r:
             lines.append(f"{head} | failed: {r['error']} | | | | | | | | {r['threads']} | {r['commit']} |")
@@ -75,7 +76,7 @@ def peers() -> str:
                else "reference")
         lines.append(
             f"| {PEER_SETTINGS[r['setting']]} ({r['matmul_gflops']:.0f}) | {r['config']} | {r['variant']} {r['version']} | "
-            f"{r['throughput']:.2f} {r['unit']}/s | {_speedup(r, latest)} | {r['median_ms']:.0f} ({r['min_ms']:.0f}-{r['max_ms']:.0f}) | "
+            f"{r['throughput']:.2f} {r['unit']}/s | {_speedup(r, rows)} | {r['median_ms']:.0f} ({r['min_ms']:.0f}-{r['max_ms']:.0f}) | "
             f"{r['peak_rss_mb']:.0f} | {r['flops'] / 1e9:.1f} | {r['gflops']:.1f} | {r['pct_matmul_peak']:.0f}% | {err} | "
             f"{r['threads']} | {r['commit']} |"
         )
@@ -85,8 +86,7 @@ def peers() -> str:
 def distributed(rows: list[dict] | None = None) -> str:
     """1 process x 2 threads vs 2 processes x 1 thread, from ``benchmarks/distributed.py`` (latest run)."""
     if rows is None:
-        rows = read_rows("distributed")
-        rows = [r for r in rows if r["run"] == rows[-1]["run"]] if rows else []
+        rows = latest("distributed", key="run")
     lines = ["| recipe | processes x threads | tasks / meta-batch | episodes/s | vs 1 x 2 | median ms / step | "
              "communication share (max rank) | commit |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -103,13 +103,11 @@ def distributed(rows: list[dict] | None = None) -> str:
 
 def precision() -> str:
     """``benchmarks/precision.py`` (latest commit's rows)."""
-    rows = read_rows("precision")
-    latest = [r for r in rows if r["commit"] == rows[-1]["commit"]] if rows else []
     lines = ["| config | variant | median ms / step (min) | vs float32 | meta-gradient rel. error vs float64 | data | threads | commit |",
              "| --- | --- | ---: | ---: | ---: | --- | ---: | --- |"]
     lines += [f"| {r['config']} | {r['variant']} | {1e3 * r['median_s']:.0f} ({1e3 * r['min_s']:.0f}) | "
               f"{r['speedup_vs_float32']:.2f}x | {r['grad_rel_error_vs_float64']:.1e} | {r['data']} | {r['threads']} | "
-              f"{r['commit']} |" for r in latest]
+              f"{r['commit']} |" for r in latest("precision")]
     return "\n".join(lines)
 
 

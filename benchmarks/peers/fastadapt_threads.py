@@ -11,20 +11,13 @@ import importlib.metadata
 import torch
 from torch import nn
 
-from fastadapt.algorithms import create_algorithm
-from fastadapt.bench import Backward, BenchConfig
-from fastadapt.tasks.spec import EpisodeBatch
+from fastadapt.bench import Backward, BenchConfig, learner_backward
 
 NOTE = "fastadapt, algorithm.args.task_workers=threads (float32)"
 
 
 def threads_backward(config: BenchConfig, backbone: nn.Module) -> Backward:
-    learner = create_algorithm(config.algorithm, backbone, **config.algorithm_args, task_workers=torch.get_num_threads())
-
-    def backward(batch: EpisodeBatch) -> None:
-        learner.meta_loss(batch).loss.backward()
-
-    return backward
+    return learner_backward(config, backbone, task_workers=torch.get_num_threads())
 
 
 BACKWARD = {"maml": threads_backward, "reptile": threads_backward}

@@ -137,14 +137,22 @@ def build_backbone(config: BenchConfig, seed: int = 0) -> nn.Module:
 Backward = Callable[[EpisodeBatch], None]
 
 
-def fastadapt_backward(config: BenchConfig, backbone: nn.Module) -> Backward:
-    """The fastadapt side: the registered learner's ``meta_loss(batch).loss.backward()``."""
-    learner = create_algorithm(config.algorithm, backbone, **config.algorithm_args)
+def learner_backward(config: BenchConfig, backbone: nn.Module, channels_last: bool = False, **options: Any) -> Backward:
+    """``meta_loss(batch).loss.backward()`` of the registered learner built with
+    ``config.algorithm_args`` and ``options``; ``channels_last`` does what ``train.channels_last`` does."""
+    learner = create_algorithm(config.algorithm, backbone, **config.algorithm_args, **options)
+    if channels_last:
+        learner.to(memory_format=torch.channels_last)
 
     def backward(batch: EpisodeBatch) -> None:
         learner.meta_loss(batch).loss.backward()
 
     return backward
+
+
+def fastadapt_backward(config: BenchConfig, backbone: nn.Module) -> Backward:
+    """The fastadapt side: the registered learner's ``meta_loss(batch).loss.backward()``."""
+    return learner_backward(config, backbone)
 
 
 def speed_options(config: BenchConfig) -> dict[str, Any]:
@@ -162,14 +170,7 @@ def speed_options(config: BenchConfig) -> dict[str, Any]:
 
 def fast_backward(config: BenchConfig, backbone: nn.Module) -> Backward:
     """``fastadapt_backward`` with ``speed_options`` (and ``train.channels_last`` for ProtoNet)."""
-    learner = create_algorithm(config.algorithm, backbone, **config.algorithm_args, **speed_options(config))
-    if config.algorithm == "protonet":
-        learner.to(memory_format=torch.channels_last)  # what train.channels_last does
-
-    def backward(batch: EpisodeBatch) -> None:
-        learner.meta_loss(batch).loss.backward()
-
-    return backward
+    return learner_backward(config, backbone, channels_last=config.algorithm == "protonet", **speed_options(config))
 
 
 def outer_optimizer(config: BenchConfig, params: Sequence[Tensor]) -> torch.optim.Optimizer:

@@ -374,17 +374,14 @@ class InnerLoop:
     def meta_loss(self, backbone: nn.Module, batch: Any, lr: float | Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Mean query loss and query outputs of an ``EpisodeBatch`` (``streamed_meta_loss`` for
         ``"stream"``, else ``meta_batch_loss``)."""
-        if self.batching == "stream":
-            return streamed_meta_loss(
-                backbone, dict(backbone.named_parameters()), buffer_copies(backbone),
-                batch.support_x, batch.support_y, batch.query_x, batch.query_y, loss_function(self.loss),
-                self.steps, lr, self.first_order, self.names, self.precision, self.workers,
-            )
-        return meta_batch_loss(
+        args = (
             backbone, dict(backbone.named_parameters()), buffer_copies(backbone),
             batch.support_x, batch.support_y, batch.query_x, batch.query_y, loss_function(self.loss),
-            self.steps, lr, self.first_order, self.names, self.batching, self.precision,
+            self.steps, lr, self.first_order, self.names,
         )
+        if self.batching == "stream":
+            return streamed_meta_loss(*args, self.precision, self.workers)
+        return meta_batch_loss(*args, self.batching, self.precision)
 
     def predict(
         self, backbone: nn.Module, support_x: Tensor, support_y: Tensor, query_x: Tensor, lr: float | Mapping[str, Tensor]

@@ -209,10 +209,7 @@ class _Loop:
         self, config: Config, run_dir: Path, data_dir: Any, cache_dir: Any, tensorboard: bool,
         download: bool, world: distributed.World = distributed.SINGLE,
     ) -> None:
-        if config.train.threads > 0:
-            torch.set_num_threads(config.train.threads)
-        elif world.active:  # ranks sharing a node would oversubscribe its cores with torch's default
-            torch.set_num_threads(distributed.default_threads(world))
+        set_threads(config.train.threads, world)
         if config.train.tune_allocator:
             tune_allocator()
         self.config, self.run_dir = config, run_dir
@@ -482,9 +479,18 @@ def load_on_ranks(path: str | Path, overrides: list[str] | None, world: distribu
     else ``distributed.default_threads``)."""
     state = distributed.on_main(lambda: load_checkpoint(_checkpoint_file(path)), world, "loading the checkpoint")
     config, model = _from_checkpoint(state, overrides)
-    if world.active:  # ranks sharing a node would oversubscribe its cores with torch's default
-        torch.set_num_threads(config.train.threads if config.train.threads > 0 else distributed.default_threads(world))
+    if world.active:
+        set_threads(config.train.threads, world)
     return config, model
+
+
+def set_threads(threads: int, world: distributed.World) -> None:
+    """``threads`` intra-op threads if > 0; else, under torchrun, the node's CPUs shared among its
+    ranks (torch's default would oversubscribe them); else torch's default."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    elif world.active:
+        torch.set_num_threads(distributed.default_threads(world))
 
 
 def run_protocol(
