@@ -1,12 +1,15 @@
 """fastadapt.task_parallel: shares, replicas, threads."""
 
+import os
+import signal
 import threading
+import time
 
 import pytest
 import torch
 
 from fastadapt.models import create_model
-from fastadapt.task_parallel import map_shares, replica, shares
+from fastadapt.task_parallel import map_interleaved, map_shares, replica, run_job, shares
 
 
 def test_shares_are_contiguous_balanced_and_never_empty():
@@ -108,3 +111,74 @@ def test_other_threads_never_see_a_functional_call_in_flight_on_the_caller():
         return seen
 
     assert map_shares(model, 2, 2, fn) == [0.0, True]
+
+
+def stepping_job(model, log, steps=4, fail_at=None):
+    """A job of ``steps`` steps that logs (task, step, thread, module is model) and returns its task."""
+
+    def job(t):
+        for step in range(steps):
+            module = yield
+            if (t, step) == fail_at:
+                raise RuntimeError(f"task {t} failed at step {step}")
+            time.sleep(0.005)  # long enough that both threads take steps
+            log.append((t, step, threading.get_ident(), module is model, torch.is_grad_enabled()))
+        return t * 10
+
+    return job
+
+
+def test_map_interleaved_runs_steps_of_any_task_on_any_thread_in_order():
+    model, log = torch.nn.Linear(2, 2), []
+    threads_before = torch.get_num_threads()
+    with torch.no_grad():
+        results = map_interleaved(model, 3, 2, stepping_job(model, log))
+    assert results == [0, 10, 20]  # task order
+    for t in range(3):  # each job's steps ran once each, in order
+        assert [step for task, step, *_ in log if task == t] == [0, 1, 2, 3]
+    me = threading.get_ident()
+    assert {thread for *_, thread, _, _ in log} != {me}  # a kept thread took steps too
+    assert all(is_model == (thread == me) for _, _, thread, is_model, _ in log)  # replicas off the caller
+    assert not any(grad for *_, grad in log)  # the caller's grad mode
+    assert torch.get_num_threads() == threads_before
+    # 3 tasks of 4 steps on 2 threads: neither thread sits idle while the other runs a whole task
+    assert sum(thread == me for _, _, thread, _, _ in log) in range(4, 9)
+
+
+def test_map_interleaved_on_one_thread_and_under_thread_local_state():
+    model, log = torch.nn.Linear(2, 2), []
+    assert map_interleaved(model, 2, 1, stepping_job(model, log, steps=2)) == [0, 10]
+    assert [(t, s) for t, s, *_ in log] == [(0, 0), (0, 1), (1, 0), (1, 1)]  # one job after the other
+    log.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        map_interleaved(model, 2, 2, stepping_job(model, log, steps=2))
+    assert {thread for _, _, thread, _, _ in log} == {threading.get_ident()}
+    assert run_job(stepping_job(model, [], steps=3)(4), model) == 40
+
+
+def test_map_interleaved_raises_a_step_exception_and_stops_the_others():
+    model, log = torch.nn.Linear(2, 2), []
+    threads_before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="task 1 failed at step 1"):
+        map_interleaved(model, 3, 2, stepping_job(model, log, steps=8, fail_at=(1, 1)))
+    assert len(log) < 3 * 8 - 1  # the other jobs were not run to the end
+    assert torch.get_num_threads() == threads_before
+
+
+def test_worker_threads_are_kept_between_calls_and_forgotten_in_a_forked_child():
+    def fn(module, share):
+        return threading.get_ident()
+
+    model = torch.nn.Linear(1, 1)
+    first, second = map_shares(model, 2, 2, fn)[1], map_shares(model, 2, 2, fn)[1]
+    assert first == second != threading.get_ident()
+    pid = os.fork()
+    if pid == 0:  # the child has no kept threads: handing work to one would wait forever
+        os._exit(0 if map_shares(model, 2, 2, fn)[1] != threading.get_ident() else 1)
+    deadline = time.monotonic() + 30
+    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if waited[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("map_shares in a forked child hung")
+    assert os.waitstatus_to_exitcode(waited[1]) == 0

@@ -109,6 +109,32 @@ def test_reptile_outer_direction_is_params_minus_adapted():
         torch.testing.assert_close(g, expected)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_reptile_inner_loop_is_torch_optim_on_shot_major_minibatches(optimizer):
+    """train_task's foreach update equals torch.optim (Adam with betas (0, 0.999), eps 1e-8;
+    plain SGD) stepping a deep copy on the same minibatches, in float64."""
+    import copy
+
+    backbone = mlp()
+    model = Reptile(backbone, inner_lr=0.05, inner_steps=4, inner_batch=4, inner_optimizer=optimizer)
+    b = batch()
+    x, y = b.support_x[0], b.support_y[0]
+    adapted = model.train_task(x, y, 4)
+    learner = copy.deepcopy(backbone)
+    make = {"adam": lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.0, 0.999), eps=1e-8), "sgd": lambda p: torch.optim.SGD(p, lr=0.05)}
+    opt = make[optimizer](learner.parameters())
+    order = torch.arange(6).view(3, 2).t().flatten()  # shot-major: every minibatch holds each class
+    for step in range(4):
+        idx = order[(step * 4) % 6 :][:4]
+        opt.zero_grad()
+        nn.functional.cross_entropy(learner(x[idx]), y[idx]).backward()
+        opt.step()
+    for name, p in learner.named_parameters():
+        torch.testing.assert_close(adapted[name], p.detach(), rtol=1e-12, atol=1e-14)
+        assert not adapted[name].requires_grad
+    assert all(p.grad is None for p in backbone.parameters())  # the backbone itself is untouched
+
+
 @pytest.mark.parametrize("first_order", [False, True])
 def test_loop_and_vmap_give_the_same_meta_gradient(first_order):
     b = batch(image=True)
