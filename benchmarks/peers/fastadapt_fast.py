@@ -2,7 +2,7 @@
 
 MAML: ``precision="bfloat16"`` (query passes under bfloat16 autocast, inner loop float32) and
 ``task_workers`` = the benchmark's threads. ProtoNet: ``precision="bfloat16"`` and
-``train.channels_last``. Reptile: ``task_workers``. ``fastadapt bench --fast`` times the same.
+``train.channels_last``. Reptile: ``task_workers`` and ``train.channels_last``. ``fastadapt bench --fast`` times the same.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import importlib.metadata
 
 from fastadapt.bench import fast_backward
 
-NOTE = "fastadapt, precision=bfloat16 (MAML, ProtoNet), task_workers=threads (MAML, Reptile), channels_last (ProtoNet)"
+NOTE = "fastadapt, precision=bfloat16 (MAML, ProtoNet), task_workers=threads (MAML, Reptile), channels_last (ProtoNet, Reptile)"
 BACKWARD = {"maml": fast_backward, "protonet": fast_backward, "reptile": fast_backward}
 
 

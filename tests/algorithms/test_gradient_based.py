@@ -328,3 +328,22 @@ def test_predict_and_reptile_agree_across_worker_counts():
     for a, c in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(grads[0][2], grads[1][2], rtol=0, atol=0)
+
+
+def test_reptile_with_channels_last_parameters_matches_the_default_layout():
+    """The speed settings' NHWC parameters (``train.channels_last``) change no result. Inner SGD:
+    Adam would turn the rounding noise in the zero gradient of a conv bias before BatchNorm into
+    full-size steps of either sign (the same with any change of summation order)."""
+    b = batch(tasks=3, image=True)
+    results = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        backbone = create_model("conv4", hidden=4, bn="batch", image_size=16, out_features=3).double()
+        model = Reptile(backbone, inner_lr=0.1, inner_steps=2, inner_batch=3, inner_optimizer="sgd", task_workers=2)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+            assert backbone.features[4].weight.is_contiguous(memory_format=torch.channels_last)
+        out = model.meta_loss(b)
+        results.append(torch.autograd.grad(out.loss, list(backbone.parameters())))
+    for a, c in zip(*results):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-13)
