@@ -205,8 +205,8 @@ def map_interleaved(model: nn.Module, tasks: int, workers: int, job: Callable[[i
     ``workers`` threads (the caller with ``model``, the others with replicas, intra-op threads
     and grad mode as in ``map_shares``) each take the next waiting job, run one step of it and
     put it back at the end of the queue, so all threads stay busy while any job has steps
-    left. A job's steps run one at a time, in order. Results are in task order; ``fn`` must
-    reach the model only through the module each step receives.
+    left. A job's steps run one at a time, in order. Results are in task order; a job must
+    reach the model only through the module each of its steps receives.
     """
     check_workers(workers)
     workers = min(workers, tasks)
