@@ -158,14 +158,16 @@ def fastadapt_backward(config: BenchConfig, backbone: nn.Module) -> Backward:
 def speed_options(config: BenchConfig) -> dict[str, Any]:
     """The algorithm arguments of fastadapt's speed settings (README "Speed settings") for ``config``.
 
-    MAML: bfloat16 query passes and ``task_workers`` = the intra-op threads (tasks split
-    over threads, one intra-op thread each); ProtoNet: bfloat16 backbone (plus channels-last
+    MAML: bfloat16 query passes on channels-last parameters (``query_channels_last``) and
+    ``task_workers`` = the intra-op threads (tasks split over threads, one intra-op thread
+    each); ProtoNet: bfloat16 backbone (plus channels-last
     parameters, applied by ``fast_backward``); its one episode per step has no tasks to split.
     Reptile: ``task_workers`` (plus channels-last parameters: faster convolutions with one
     intra-op thread per worker; it has no reduced-precision option).
     """
     workers = {"task_workers": torch.get_num_threads()}
-    options = {"maml": {"precision": "bfloat16"} | workers, "protonet": {"precision": "bfloat16"}, "reptile": workers}
+    maml = {"precision": "bfloat16", "query_channels_last": True} | workers
+    options = {"maml": maml, "protonet": {"precision": "bfloat16"}, "reptile": workers}
     return options.get(config.algorithm, {})
 
 

@@ -1,5 +1,7 @@
 """Maths of the gradient-based learners: finite differences in float64, loop vs vmap, BN buffers."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -258,6 +260,42 @@ def test_stream_gives_the_loop_meta_gradient_loss_and_outputs(name, workers):
     assert len(stream_grads) == len(loop_grads) > 0
     for s, g in zip(stream_grads, loop_grads):
         torch.testing.assert_close(s, g, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("batching, workers", [("stream", 1), ("stream", 2), ("loop", 1)])
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd"])
+def test_query_channels_last_changes_no_result_and_runs_the_queries_nhwc(name, batching, workers):
+    b = batch(tasks=3, image=True)
+    results, layouts = [], []
+    for channels_last in (False, True):
+        model = _learner(name, batching, workers)
+        model.inner = dataclasses.replace(model.inner, query_channels_last=channels_last)
+        first_conv = model.backbone.features[0]  # one input channel: contiguous in both layouts
+        hook = first_conv.register_forward_hook(
+            lambda m, i, o: layouts.append((channels_last, len(o), o.is_contiguous(memory_format=torch.channels_last)))
+        )
+        out = model.meta_loss(b)
+        grads = torch.autograd.grad(out.loss, list(model.parameters()))
+        with torch.no_grad():
+            predictions = model.predict(b.support_x, b.support_y, b.query_x)
+        hook.remove()
+        results.append((out.loss.detach(), out.logits, predictions, grads))
+    (loss, logits, predictions, grads), (loss_cl, logits_cl, predictions_cl, grads_cl) = results
+    torch.testing.assert_close(loss_cl, loss, rtol=1e-12, atol=0)
+    torch.testing.assert_close(logits_cl, logits, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(predictions_cl, predictions, rtol=1e-10, atol=1e-12)
+    for a, g in zip(grads_cl, grads):
+        torch.testing.assert_close(a, g, rtol=1e-9, atol=1e-12)
+    # query passes (6 examples) NHWC only with the option; support passes (6 examples) keep NCHW
+    nhwc = {(cl, nhwc) for cl, n, nhwc in layouts}
+    assert (True, True) in nhwc and (False, True) not in nhwc
+    assert any(cl and not is_nhwc for cl, n, is_nhwc in layouts)  # the inner loop's passes
+
+
+def test_query_channels_last_is_refused_with_vmap():
+    with pytest.raises(ValueError, match="query_channels_last needs task_batching"):
+        MAML(create_model("conv4", hidden=4, bn="none", image_size=16, out_features=3), task_batching="vmap",
+             query_channels_last=True)
 
 
 def test_stream_loss_is_the_plain_mean_loss_under_no_grad():

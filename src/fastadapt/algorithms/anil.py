@@ -24,7 +24,7 @@ class ANIL(nn.Module):
         backbone: ``(N, *example_shape) -> (N, ways)``.
         head: regular expression of the head's parameter names (``Conv4``'s head is ``head.``).
         inner_lr, inner_steps, eval_inner_steps, first_order, loss, task_batching, precision,
-            task_workers: as in ``MAML``.
+            task_workers, query_channels_last: as in ``MAML``.
     """
 
     def __init__(
@@ -39,11 +39,13 @@ class ANIL(nn.Module):
         task_batching: Literal["stream", "loop", "vmap"] = "stream",
         precision: Literal["float32", "bfloat16"] = "float32",
         task_workers: int = 1,
+        query_channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.backbone, self.inner_lr = backbone, inner_lr
         self.inner = InnerLoop.for_backbone(
-            backbone, loss, inner_steps, eval_inner_steps, first_order, head, task_batching, precision, task_workers
+            backbone, loss, inner_steps, eval_inner_steps, first_order, head, task_batching, precision, task_workers,
+            query_channels_last,
         )
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:

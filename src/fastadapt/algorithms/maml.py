@@ -52,6 +52,10 @@ class MAML(nn.Module):
         task_workers: threads the tasks are split over with ``"stream"`` and in ``predict``
             (``fastadapt.task_parallel``); each gets ``torch.get_num_threads() // task_workers``
             intra-op threads.
+        query_channels_last: run the query passes on channels-last (NHWC) copies of the 4-d
+            parameters while the inner loop keeps the module's layout
+            (``fastadapt.inner_loop.query_forward``): faster oneDNN convolutions with one intra-op
+            thread per worker or in bfloat16; same results up to summation order.
     """
 
     def __init__(
@@ -66,11 +70,13 @@ class MAML(nn.Module):
         task_batching: Literal["stream", "loop", "vmap"] = "stream",
         precision: Literal["float32", "bfloat16"] = "float32",
         task_workers: int = 1,
+        query_channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.backbone, self.inner_lr = backbone, inner_lr
         self.inner = InnerLoop.for_backbone(
-            backbone, loss, inner_steps, eval_inner_steps, first_order, adapt, task_batching, precision, task_workers
+            backbone, loss, inner_steps, eval_inner_steps, first_order, adapt, task_batching, precision, task_workers,
+            query_channels_last,
         )
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
