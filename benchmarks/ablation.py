@@ -1,0 +1,94 @@
+"""One learner option at a time: training-step time of a benchmark config with and without it.
+
+    python benchmarks/ablation.py CONFIG --base key=value ... --variant NAME key=value ... [--variant ...]
+        [--threads 2] [--steps 10] [--repeats 2]
+
+Each variant is the base options plus its own (values parsed as Python literals where they
+can be: ``2``, ``True``, ``"bfloat16"``; ``channels_last=True`` means ``train.channels_last``),
+timed with ``fastadapt.bench.measure`` (same Conv-4, seeded synthetic batches, warm-up excluded,
+``tune_allocator``) in a fresh process per variant and repeat, the repeats interleaved so a
+change of machine load hits every variant alike. Prints each variant's median step over the
+repeats and its ratio to the first variant; appends rows to ``results/ablation.jsonl``.
+
+Example (the MAML speed settings with and without NHWC query passes)::
+
+    python benchmarks/ablation.py maml-5w1s-1st --base task_workers=2 precision=bfloat16 \\
+        --variant nchw --variant query-nhwc query_channels_last=True
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import statistics
+import subprocess
+import sys
+from typing import Any
+
+import torch
+from common import append_row, environment
+
+from fastadapt.bench import CONFIGS, learner_backward, measure
+from fastadapt.runtime import tune_allocator
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``["a=1", "b=True", "c=bfloat16"]`` -> ``{"a": 1, "b": True, "c": "bfloat16"}``."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected key=value, got {pair!r}")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
+
+
+def child(config: str, options: dict[str, Any], threads: int, steps: int) -> dict[str, Any]:
+    tune_allocator()
+    torch.set_num_threads(threads)
+    bench = CONFIGS[config]
+    m = measure(bench, lambda c, backbone: learner_backward(c, backbone, **options), steps=steps, warmup=2)
+    return {"median_s": statistics.median(m.times), "min_s": min(m.times), "peak_rss_mb": m.peak_rss_mb}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", choices=sorted(CONFIGS))
+    parser.add_argument("--base", nargs="*", default=[])
+    parser.add_argument("--variant", nargs="+", action="append", required=True, metavar=("NAME", "KEY=VALUE"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.config, json.loads(args.child), args.threads, args.steps)))
+        return
+    base = parse_options(args.base)
+    variants = {name: base | parse_options(pairs) for name, *pairs in args.variant}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    for _ in range(args.repeats):
+        for name, options in variants.items():
+            command = [sys.executable, __file__, args.config, "--variant", name, "--threads", str(args.threads),
+                       "--steps", str(args.steps), "--child", json.dumps(options)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    first = None
+    for name, results in runs.items():
+        median = statistics.median(r["median_s"] for r in results)
+        first = first or median
+        rss = max(r["peak_rss_mb"] for r in results)
+        print(f"{args.config:20s} {name:16s} {median * 1e3:8.1f} ms  x{first / median:4.2f}  {rss:6.0f} MB  {variants[name]}")
+        append_row("ablation", environment() | {
+            "config": args.config, "variant": name, "options": variants[name], "median_s": median,
+            "repeat_medians_s": [r["median_s"] for r in results], "peak_rss_mb": rss, "speedup_vs_first": first / median,
+            "steps": args.steps, "repeats": args.repeats, "threads": args.threads,
+        })
+
+
+if __name__ == "__main__":
+    main()
