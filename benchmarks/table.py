@@ -111,8 +111,20 @@ def precision() -> str:
     return "\n".join(lines)
 
 
+def ablation() -> str:
+    """``benchmarks/ablation.py`` (latest commit's rows; each group's first variant is its baseline)."""
+    lines = ["| config | variant | options | median ms / step (repeats) | vs first | peak RSS MB | threads | commit |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    for r in latest("ablation"):
+        options = " ".join(f"{k}={v}" for k, v in r["options"].items()) or "defaults"
+        repeats = ", ".join(f"{1e3 * t:.0f}" for t in r["repeat_medians_s"])
+        lines.append(f"| {r['config']} | {r['variant']} | `{options}` | {1e3 * r['median_s']:.1f} ({repeats}) | "
+                     f"{r['speedup_vs_first']:.2f}x | {r['peak_rss_mb']:.0f} | {r['threads']} | {r['commit']} |")
+    return "\n".join(lines)
+
+
 TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching": task_batching, "peers": peers,
-          "distributed": distributed, "precision": precision}
+          "distributed": distributed, "precision": precision, "ablation": ablation}
 
 
 def main() -> None:
