@@ -112,14 +112,15 @@ class Reptile(nn.Module):
             torch._foreach_add_(weights, grads, alpha=-self.inner_lr)
             return
         # Adam with beta1 = 0 (the paper's): v <- beta2 v + (1 - beta2) g^2, and the step is
-        # lr * g / (sqrt(v / (1 - beta2^t)) + eps), written as torch.optim.Adam writes it.
+        # lr * g / (sqrt(v) / c + eps) = lr * c * g / (sqrt(v) + eps * c), c = sqrt(1 - beta2^t)
+        # (torch.optim.Adam's step; the second form saves one pass over the parameters).
         beta2, eps = 0.999, 1e-8
+        c = math.sqrt(1 - beta2**t)
         torch._foreach_mul_(moments, beta2)
         torch._foreach_addcmul_(moments, grads, grads, value=1 - beta2)
         denominator = torch._foreach_sqrt(moments)
-        torch._foreach_div_(denominator, math.sqrt(1 - beta2**t))
-        torch._foreach_add_(denominator, eps)
-        torch._foreach_addcdiv_(weights, grads, denominator, value=-self.inner_lr)
+        torch._foreach_add_(denominator, eps * c)
+        torch._foreach_addcdiv_(weights, grads, denominator, value=-self.inner_lr * c)
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
         current = {n: p.detach() for n, p in self.backbone.named_parameters()}
