@@ -61,9 +61,9 @@ def query_forward(
 
     ``channels_last=True`` runs the pass on channels-last (NHWC) copies of the 4-d
     parameters (differentiable clones; the inner loop keeps the module's layout): oneDNN's
-    convolutions then skip the layout reorders of their outputs and input gradients, which
-    on the Omniglot Conv-4 with one intra-op thread made a first-order MAML step 1.2x and a
-    second-order one 1.15x faster (peers table, ``benchmarks/README.md``). ``clone`` and not
+    convolutions then skip the layout reorders of their outputs and input gradients: on the
+    Omniglot Conv-4 with bfloat16 query passes and two workers a first-order MAML step ran
+    1.32x and a second-order one 1.14x faster (``benchmarks/ablation.py``). ``clone`` and not
     ``contiguous``: a kernel with one input channel is contiguous in both layouts, and only
     a clone gives it the NHWC strides that make the first convolution's output NHWC too.
     """
@@ -190,6 +190,8 @@ def meta_batch_loss(
         The scalar mean query loss and the query outputs ``(B, N_q, ...)``.
     """
     names = list(params) if names is None else names
+    if query_channels_last and batching == "vmap":
+        raise ValueError("query_channels_last needs task_batching 'stream' or 'loop', got 'vmap'")
     if batching == "vmap":
         losses, outputs = _vmap_task_losses(
             model, params, buffers, (support_x, support_y, query_x, query_y), loss_fn, steps, lr, first_order, names,
@@ -198,8 +200,6 @@ def meta_batch_loss(
         return losses.mean(), outputs
     if batching != "loop":
         raise ValueError(f"batching must be 'loop' or 'vmap', got {batching!r}")
-    if query_channels_last and batching == "vmap":
-        raise ValueError("query_channels_last needs task_batching 'stream' or 'loop', got 'vmap'")
     losses_list, outputs_list = [], []
     for t in range(support_x.shape[0]):
         adapted = adapt(model, params, support_x[t], support_y[t], loss_fn, steps, lr, first_order, names, buffers)
