@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fastadapt.algorithms import ANIL, MAML, MetaSGD, Reptile
-from fastadapt.inner_loop import adapt, forward
+from fastadapt.inner_loop import adapt, forward, meta_batch_loss
 from fastadapt.models import create_model
 from fastadapt.tasks import EpisodeBatch, TaskSpec
 
@@ -296,6 +296,10 @@ def test_query_channels_last_is_refused_with_vmap():
     with pytest.raises(ValueError, match="query_channels_last needs task_batching"):
         MAML(create_model("conv4", hidden=4, bn="none", image_size=16, out_features=3), task_batching="vmap",
              query_channels_last=True)
+    model, b = mlp(), batch()
+    with pytest.raises(ValueError, match="query_channels_last needs task_batching"):
+        meta_batch_loss(model, dict(model.named_parameters()), {}, b.support_x, b.support_y, b.query_x, b.query_y,
+                        nn.functional.cross_entropy, 1, 0.1, batching="vmap", query_channels_last=True)
 
 
 def test_stream_loss_is_the_plain_mean_loss_under_no_grad():
