@@ -108,7 +108,16 @@ class _Worker:
 
 _IDLE: list[_Worker] = []
 _IDLE_LOCK = threading.Lock()
-os.register_at_fork(after_in_child=_IDLE.clear)  # a forked child has none of the parent's threads
+
+
+def _forget_workers() -> None:
+    """In a forked child: none of the parent's threads exist, and the lock may have been held."""
+    global _IDLE_LOCK
+    _IDLE.clear()
+    _IDLE_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_workers)
 
 
 def _start(fn: Callable[[], None]) -> Callable[[], None]:
