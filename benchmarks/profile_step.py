@@ -8,21 +8,22 @@ same Conv-4, seeded synthetic batches, ``tune_allocator``), runs two warm-up ste
 (meta-gradient only, no outer update), then profiles ``--steps`` steps and prints the
 operators by self CPU time, followed by the share of the step spent under a few
 autograd nodes of interest (BatchNorm's and the convolution's backward and double
-backward: inclusive times, so nested calls count once per node). ``plain`` is the loop
-of ``benchmarks/peers/plain_torch.py``. With more than one thread or worker the
+backward: inclusive times, so nested calls count once per node). The variants are those of
+``benchmarks/peers`` (``default`` = fastadapt, ``threads``, ``fast``, ``plain``). With more than one thread or worker the
 profiler sees the calling thread's work only.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from fastadapt.bench import CONFIGS, build_backbone, fast_backward, fastadapt_backward, learner_backward, synthetic_batch
+from fastadapt.bench import CONFIGS, build_backbone, synthetic_batch
 from fastadapt.runtime import tune_allocator
 
 NODES = (
@@ -33,21 +34,19 @@ NODES = (
 )
 
 
-def make_backward(variant: str):
-    if variant == "plain":
-        sys.path.insert(0, str(Path(__file__).parent / "peers"))
-        import plain_torch
+# The variants of ``benchmarks/peers`` (the modules ``run.py`` loads), under short names.
+VARIANTS = {"default": "fastadapt_side", "threads": "fastadapt_threads", "fast": "fastadapt_fast", "plain": "plain_torch"}
 
-        return lambda config, backbone: plain_torch.BACKWARD[config.algorithm](config, backbone)
-    if variant == "threads":
-        return lambda config, backbone: learner_backward(config, backbone, task_workers=torch.get_num_threads())
-    return {"default": fastadapt_backward, "fast": fast_backward}[variant]
+
+def make_backward(variant: str):
+    sys.path.insert(0, str(Path(__file__).parent / "peers"))
+    return lambda config, backbone: importlib.import_module(VARIANTS[variant]).BACKWARD[config.algorithm](config, backbone)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", choices=sorted(CONFIGS))
-    parser.add_argument("--variant", default="default", choices=["default", "threads", "fast", "plain"])
+    parser.add_argument("--variant", default="default", choices=list(VARIANTS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--rows", type=int, default=20)

@@ -269,7 +269,6 @@ def measure(
         if i >= warmup:
             times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    # Counted after the timing: tracing every op under FlopCounterMode costs memory of its own.
     optimizer.zero_grad(set_to_none=True)
     return Measurement(times, count_flops(lambda: backward(batches[0])), peak)
 

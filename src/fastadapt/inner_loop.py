@@ -76,6 +76,12 @@ def query_forward(
     return out.to(x.dtype)
 
 
+def check_query_layout(batching: str, query_channels_last: bool) -> None:
+    """Raise for ``query_channels_last`` with ``"vmap"`` (no memory-format clones under vmap)."""
+    if query_channels_last and batching == "vmap":
+        raise ValueError("query_channels_last needs task_batching 'stream' or 'loop', got 'vmap'")
+
+
 def select(params: Mapping[str, Tensor], pattern: str | None) -> list[str]:
     """Names of ``params`` matched by the regular expression ``pattern`` (all if ``None``).
 
@@ -190,8 +196,7 @@ def meta_batch_loss(
         The scalar mean query loss and the query outputs ``(B, N_q, ...)``.
     """
     names = list(params) if names is None else names
-    if query_channels_last and batching == "vmap":
-        raise ValueError("query_channels_last needs task_batching 'stream' or 'loop', got 'vmap'")
+    check_query_layout(batching, query_channels_last)
     if batching == "vmap":
         losses, outputs = _vmap_task_losses(
             model, params, buffers, (support_x, support_y, query_x, query_y), loss_fn, steps, lr, first_order, names,
@@ -369,8 +374,7 @@ class InnerLoop:
             raise ValueError(f"task_batching must be one of {BATCHINGS}, got {self.batching!r}")
         check_precision(self.precision)
         check_workers(self.workers)
-        if self.query_channels_last and self.batching == "vmap":
-            raise ValueError("query_channels_last needs task_batching 'stream' or 'loop', got 'vmap'")
+        check_query_layout(self.batching, self.query_channels_last)
         if self.workers > 1 and self.batching != "stream":
             raise ValueError(f"task_workers={self.workers} needs task_batching='stream', got {self.batching!r}")
 
