@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from fastadapt.double_backward import explicit_double_backward, load_kernels
 from fastadapt.runtime import check_precision, compute_precision
 from fastadapt.task_parallel import check_workers, map_shares
 
@@ -76,10 +77,12 @@ def query_forward(
     return out.to(x.dtype)
 
 
-def check_query_layout(batching: str, query_channels_last: bool) -> None:
-    """Raise for ``query_channels_last`` with ``"vmap"`` (no memory-format clones under vmap)."""
-    if query_channels_last and batching == "vmap":
-        raise ValueError("query_channels_last needs task_batching 'stream' or 'loop', got 'vmap'")
+def check_vmap_options(batching: str, query_channels_last: bool, second_order_kernels: bool = False) -> None:
+    """Raise for options ``"vmap"`` cannot run: ``query_channels_last`` (no memory-format clones
+    under vmap) and ``second_order_kernels`` (compiled autograd functions have no vmap rule)."""
+    for name, value in (("query_channels_last", query_channels_last), ("second_order_kernels", second_order_kernels)):
+        if value and batching == "vmap":
+            raise ValueError(f"{name} needs task_batching 'stream' or 'loop', got 'vmap'")
 
 
 def select(params: Mapping[str, Tensor], pattern: str | None) -> list[str]:
@@ -106,6 +109,7 @@ def adapt(
     first_order: bool = False,
     names: list[str] | None = None,
     buffers: Mapping[str, Tensor] | None = None,
+    second_order_kernels: bool = False,
 ) -> Params:
     """Adapt ``params`` to one task by ``steps`` steps of gradient descent on the support loss.
 
@@ -120,6 +124,10 @@ def adapt(
         first_order: drop second-order terms (FOMAML).
         names: the parameters to adapt (default all); others stay fixed (ANIL).
         buffers: buffers for the forward pass (e.g. BatchNorm statistics); default none.
+        second_order_kernels: when the steps are differentiable (second order), run the
+            support passes under ``fastadapt.double_backward.explicit_double_backward()``:
+            compiled convolution/BatchNorm functions with an explicit double backward
+            (same derivatives, fewer and cheaper operations).
 
     Returns:
         The adapted parameters (all of ``params``, the non-adapted ones unchanged).
@@ -130,9 +138,12 @@ def adapt(
     names = list(params) if names is None else names
     buffers = {} if buffers is None else buffers
     create_graph = not first_order and torch.is_grad_enabled()
+    kernels = second_order_kernels and create_graph
     with torch.enable_grad():
         for _ in range(steps):
-            loss = loss_fn(forward(model, params, buffers, support_x), support_y)
+            with explicit_double_backward(kernels):
+                out = forward(model, params, buffers, support_x)
+            loss = loss_fn(out, support_y)
             grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
             for name, grad in zip(names, grads):
                 step = lr[name] if isinstance(lr, Mapping) else lr
@@ -179,6 +190,7 @@ def meta_batch_loss(
     batching: str = "loop",
     precision: str = "float32",
     query_channels_last: bool = False,
+    second_order_kernels: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Mean query loss after adapting to each task of a meta-batch, and the query outputs.
 
@@ -190,13 +202,14 @@ def meta_batch_loss(
             always runs in the parameters' precision.
         query_channels_last: the query passes on NHWC copies of the parameters
             (``query_forward``'s ``channels_last``; not with ``"vmap"``).
+        second_order_kernels: as in ``adapt`` (not with ``"vmap"``).
         The other arguments are those of ``adapt``.
 
     Returns:
         The scalar mean query loss and the query outputs ``(B, N_q, ...)``.
     """
     names = list(params) if names is None else names
-    check_query_layout(batching, query_channels_last)
+    check_vmap_options(batching, query_channels_last, second_order_kernels)
     if batching == "vmap":
         losses, outputs = _vmap_task_losses(
             model, params, buffers, (support_x, support_y, query_x, query_y), loss_fn, steps, lr, first_order, names,
@@ -207,7 +220,10 @@ def meta_batch_loss(
         raise ValueError(f"batching must be 'loop' or 'vmap', got {batching!r}")
     losses_list, outputs_list = [], []
     for t in range(support_x.shape[0]):
-        adapted = adapt(model, params, support_x[t], support_y[t], loss_fn, steps, lr, first_order, names, buffers)
+        adapted = adapt(
+            model, params, support_x[t], support_y[t], loss_fn, steps, lr, first_order, names, buffers,
+            second_order_kernels,
+        )
         out = query_forward(model, adapted, buffers, query_x[t], precision, query_channels_last)
         losses_list.append(loss_fn(out, query_y[t]))
         outputs_list.append(out)
@@ -237,6 +253,7 @@ def streamed_meta_loss(
     precision: str = "float32",
     workers: int = 1,
     query_channels_last: bool = False,
+    second_order_kernels: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``meta_batch_loss`` with each task's meta-gradient taken as soon as its query loss exists.
 
@@ -265,7 +282,10 @@ def streamed_meta_loss(
         total: list[Tensor | None] = [None] * len(wrt)
         losses, outputs = [], []
         for t in share:
-            adapted = adapt(replica, params, support_x[t], support_y[t], loss_fn, steps, lr, first_order, names, local)
+            adapted = adapt(
+                replica, params, support_x[t], support_y[t], loss_fn, steps, lr, first_order, names, local,
+                second_order_kernels,
+            )
             out = query_forward(replica, adapted, local, query_x[t], precision, query_channels_last)
             loss = loss_fn(out, query_y[t])
             if wrt:
@@ -354,6 +374,9 @@ class InnerLoop:
         workers: threads the tasks are split over (``"stream"`` and ``predict``;
             ``fastadapt.task_parallel``).
         query_channels_last: the query passes on NHWC copies of the parameters (``query_forward``).
+        second_order_kernels: the second-order support passes under
+            ``fastadapt.double_backward.explicit_double_backward()`` (``adapt``); compiled on
+            construction, raising if that is impossible here.
     """
 
     loss: str
@@ -365,6 +388,7 @@ class InnerLoop:
     precision: str = "float32"
     workers: int = 1
     query_channels_last: bool = False
+    second_order_kernels: bool = False
 
     def __post_init__(self) -> None:
         loss_function(self.loss)
@@ -374,7 +398,9 @@ class InnerLoop:
             raise ValueError(f"task_batching must be one of {BATCHINGS}, got {self.batching!r}")
         check_precision(self.precision)
         check_workers(self.workers)
-        check_query_layout(self.batching, self.query_channels_last)
+        check_vmap_options(self.batching, self.query_channels_last, self.second_order_kernels)
+        if self.second_order_kernels:
+            load_kernels()
         if self.workers > 1 and self.batching != "stream":
             raise ValueError(f"task_workers={self.workers} needs task_batching='stream', got {self.batching!r}")
 
@@ -382,14 +408,17 @@ class InnerLoop:
     def for_backbone(
         cls, backbone: nn.Module, loss: str, steps: int, eval_steps: int | None, first_order: bool,
         adapt: str | None, batching: str, precision: str = "float32", workers: int = 1,
-        query_channels_last: bool = False,
+        query_channels_last: bool = False, second_order_kernels: bool = False,
     ) -> InnerLoop:
         """Settings checked against ``backbone``: ``adapt`` (a name pattern) selects the adapted
         parameters, ``eval_steps=None`` means ``steps``, and ``vmap`` is refused where torch <= 2.13
         gets second-order meta-gradients through an affine ``nn.BatchNorm`` wrong (functorch#534)."""
         names = select(dict(backbone.named_parameters()), adapt)
         eval_steps = steps if eval_steps is None else eval_steps
-        loop = cls(loss, steps, eval_steps, first_order, names, batching, precision, workers, query_channels_last)
+        loop = cls(
+            loss, steps, eval_steps, first_order, names, batching, precision, workers, query_channels_last,
+            second_order_kernels,
+        )
         if batching == "vmap" and not first_order and has_affine_batch_norm(backbone):
             raise ValueError(
                 "task_batching='vmap' with second-order meta-gradients through an affine nn.BatchNorm is "
@@ -407,8 +436,12 @@ class InnerLoop:
             self.steps, lr, self.first_order, self.names,
         )
         if self.batching == "stream":
-            return streamed_meta_loss(*args, self.precision, self.workers, self.query_channels_last)
-        return meta_batch_loss(*args, self.batching, self.precision, self.query_channels_last)
+            return streamed_meta_loss(
+                *args, self.precision, self.workers, self.query_channels_last, self.second_order_kernels
+            )
+        return meta_batch_loss(
+            *args, self.batching, self.precision, self.query_channels_last, self.second_order_kernels
+        )
 
     def predict(
         self, backbone: nn.Module, support_x: Tensor, support_y: Tensor, query_x: Tensor, lr: float | Mapping[str, Tensor]

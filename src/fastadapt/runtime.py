@@ -64,3 +64,11 @@ def compute_precision(precision: str, device_type: str) -> contextlib.AbstractCo
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=torch.bfloat16)
 
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` in the calling thread (any torch >= 2.2)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()

@@ -45,6 +45,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from fastadapt.runtime import autocast_enabled
+
 R = TypeVar("R")
 
 
@@ -83,10 +85,7 @@ def caller_state_is_thread_local() -> bool:
     ``torch.utils.flop_counter.FlopCounterMode``) are thread-local: work moved to another
     thread would silently escape them, so ``map_shares`` runs the shares in turn instead.
     """
-    try:
-        autocast = any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda"))
-    except TypeError:  # torch < 2.4 has no device argument
-        autocast = torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+    autocast = any(autocast_enabled(device) for device in ("cpu", "cuda"))
     stacks = (torch._C._len_torch_dispatch_stack(), torch._C._len_torch_function_stack())
     return autocast or any(stacks) or torch._C._functorch.peek_interpreter_stack() is not None
 

@@ -302,6 +302,35 @@ def test_query_channels_last_is_refused_with_vmap():
                         nn.functional.cross_entropy, 1, 0.1, batching="vmap", query_channels_last=True)
 
 
+@pytest.mark.parametrize("batching, workers", [("stream", 1), ("stream", 2), ("loop", 1)])
+@pytest.mark.parametrize("name", ["maml", "metasgd"])
+def test_second_order_kernels_give_the_same_meta_gradient(name, batching, workers):
+    # Conv-4 with stride-2 convolutions and batch-statistics BatchNorm, 2 inner steps, float64.
+    b = batch(tasks=3, image=True)
+    results, nodes = [], []
+    for kernels in (False, True):
+        model = _learner(name, batching, workers)
+        model.inner = dataclasses.replace(model.inner, second_order_kernels=kernels)
+        hook = model.backbone.features[0].register_forward_hook(lambda m, i, o: nodes.append((kernels, o.grad_fn.name())))
+        out = model.meta_loss(b)
+        grads = torch.autograd.grad(out.loss, list(model.parameters()))
+        hook.remove()
+        results.append((out.loss.detach(), out.logits, grads))
+    (loss, logits, grads), (loss_k, logits_k, grads_k) = results
+    torch.testing.assert_close(loss_k, loss, rtol=1e-12, atol=0)
+    torch.testing.assert_close(logits_k, logits, rtol=1e-12, atol=1e-14)
+    for a, g in zip(grads_k, grads):
+        torch.testing.assert_close(a, g, rtol=1e-9, atol=1e-12)
+    # the support passes (and only they) ran the compiled convolution
+    assert {(k, "Conv" in n and "Cpp" in n) for k, n in nodes} == {(False, False), (True, True), (True, False)}
+
+
+def test_second_order_kernels_are_refused_with_vmap():
+    with pytest.raises(ValueError, match="second_order_kernels needs task_batching"):
+        MAML(create_model("conv4", hidden=4, bn="none", image_size=16, out_features=3), task_batching="vmap",
+             second_order_kernels=True)
+
+
 def test_stream_loss_is_the_plain_mean_loss_under_no_grad():
     b = batch(tasks=3, image=True)
     model = _learner("maml", "stream", 2)

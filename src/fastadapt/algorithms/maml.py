@@ -56,6 +56,11 @@ class MAML(nn.Module):
             parameters while the inner loop keeps the module's layout
             (``fastadapt.inner_loop.query_forward``): faster oneDNN convolutions with one intra-op
             thread per worker or in bfloat16; same results up to summation order.
+        second_order_kernels: second-order support passes with compiled convolution and
+            BatchNorm functions whose double backward is explicit
+            (``fastadapt.double_backward``; needs a C++ compiler and ``ninja``, compiled once on
+            construction): same meta-gradients up to rounding, faster the more inner steps a task
+            takes (no effect with ``first_order``).
     """
 
     def __init__(
@@ -71,12 +76,13 @@ class MAML(nn.Module):
         precision: Literal["float32", "bfloat16"] = "float32",
         task_workers: int = 1,
         query_channels_last: bool = False,
+        second_order_kernels: bool = False,
     ) -> None:
         super().__init__()
         self.backbone, self.inner_lr = backbone, inner_lr
         self.inner = InnerLoop.for_backbone(
             backbone, loss, inner_steps, eval_inner_steps, first_order, adapt, task_batching, precision, task_workers,
-            query_channels_last,
+            query_channels_last, second_order_kernels,
         )
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:

@@ -30,7 +30,7 @@ class MetaSGD(nn.Module):
         inner_lr: initial value of every learned learning rate (the paper draws them
             from U[0.005, 0.1]; a constant start is deterministic and works as well).
         inner_steps, eval_inner_steps, first_order, adapt, loss, task_batching, precision,
-            task_workers, query_channels_last: as in ``MAML``.
+            task_workers, query_channels_last, second_order_kernels: as in ``MAML``.
     """
 
     def __init__(
@@ -46,12 +46,13 @@ class MetaSGD(nn.Module):
         precision: Literal["float32", "bfloat16"] = "float32",
         task_workers: int = 1,
         query_channels_last: bool = False,
+        second_order_kernels: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.inner = InnerLoop.for_backbone(
             backbone, loss, inner_steps, eval_inner_steps, first_order, adapt, task_batching, precision, task_workers,
-            query_channels_last,
+            query_channels_last, second_order_kernels,
         )
         params = dict(backbone.named_parameters())
         self.lrs = nn.ParameterDict(

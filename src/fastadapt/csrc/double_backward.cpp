@@ -1,0 +1,238 @@
+// Convolution and training-mode BatchNorm whose backward is itself a node with an explicit
+// backward (the double backward): what second-order MAML differentiates through.
+//
+// PyTorch's own double backward of a convolution computes the weight-gradient term as a
+// convolution of the transposed input with the transposed gradient (a dilated, large-kernel
+// convolution for strided layers), and BatchNorm's as some thirty element-wise passes. Here the
+// convolution terms are ordinary convolution forward/backward calls and BatchNorm's are one
+// fused batch-norm backward, one reduction and two element-wise expressions per tensor (the
+// formulas are derived in fastadapt/double_backward.py). Written in C++ so that the autograd
+// engine runs these nodes without the GIL: worker threads (fastadapt.task_parallel) stay
+// parallel. The convolution's backward passes are differentiable ATen calls (higher orders work);
+// BatchNorm's double backward raises if differentiated again.
+#include <torch/extension.h>
+
+using torch::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::Function;
+using torch::autograd::variable_list;
+
+namespace {
+
+struct ConvConfig {
+  std::vector<int64_t> stride, padding, dilation;
+  int64_t groups;
+  bool has_bias;
+
+  void save(AutogradContext* ctx) const {
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["dilation"] = dilation;
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["has_bias"] = has_bias;
+  }
+
+  static ConvConfig load(AutogradContext* ctx) {
+    return {ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
+            ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["groups"].toInt(),
+            ctx->saved_data["has_bias"].toBool()};
+  }
+
+  std::vector<int64_t> output_padding() const { return std::vector<int64_t>(stride.size(), 0); }
+
+  Tensor conv(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b) const {
+    return at::convolution(x, w, b, stride, padding, dilation, false, output_padding(), groups);
+  }
+
+  std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& gy, const Tensor& x, const Tensor& w,
+                                              std::array<bool, 3> mask) const {
+    std::vector<int64_t> bias_size{w.size(0)};
+    c10::OptionalIntArrayRef bias_sizes;
+    if (mask[2]) bias_sizes = bias_size;
+    return at::convolution_backward(gy, x, w, bias_sizes, stride, padding, dilation, false, output_padding(), groups,
+                                    mask);
+  }
+};
+
+// (gy, x, w) -> (gw[, gx][, gb]): the convolution's backward, as a differentiable node.
+// Outputs are only those computed (gx when x needs a gradient, gb when there is a bias):
+// autograd outputs cannot be undefined tensors.
+struct ConvBackward : Function<ConvBackward> {
+  static variable_list forward(AutogradContext* ctx, Tensor gy, Tensor x, Tensor w, std::vector<int64_t> stride,
+                               std::vector<int64_t> padding, std::vector<int64_t> dilation, int64_t groups,
+                               bool has_bias) {
+    ctx->set_materialize_grads(false);
+    ConvConfig config{stride, padding, dilation, groups, has_bias};
+    config.save(ctx);
+    bool has_gx = x.requires_grad();
+    ctx->saved_data["has_gx"] = has_gx;
+    ctx->save_for_backward({gy, x, w});
+    auto r = config.backward(gy, x, w, {has_gx, true, has_bias});
+    variable_list out{std::get<1>(r)};
+    if (has_gx) out.push_back(std::get<0>(r));
+    if (has_bias) out.push_back(std::get<2>(r));
+    return out;
+  }
+
+  // Upstream (ggw, ggx, ggb) for the outputs (gw, gx, gb). With y = conv(x, w) + b and
+  // gx = conv_input_grad(gy, w), gw = conv_weight_grad(gy, x), gb = sum(gy):
+  //   d/dgy = conv(ggx, w) + conv(x, ggw) + ggb,
+  //   d/dw  = conv_weight_grad(gy, ggx),   d/dx = conv_input_grad(gy, ggw).
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const Tensor &gy = saved[0], &x = saved[1], &w = saved[2];
+    auto config = ConvConfig::load(ctx);
+    bool has_gx = ctx->saved_data["has_gx"].toBool();
+    Tensor ggw = grads[0];
+    Tensor ggx = has_gx ? grads[1] : Tensor();
+    Tensor ggb = config.has_bias ? grads[has_gx ? 2 : 1] : Tensor();
+    Tensor dgy, dx, dw;
+    if (ctx->needs_input_grad(0)) {
+      if (ggx.defined()) dgy = config.conv(ggx, w, c10::nullopt);
+      Tensor part;
+      if (ggw.defined()) {
+        part = config.conv(x, ggw, ggb.defined() ? c10::optional<Tensor>(ggb) : c10::nullopt);
+      } else if (ggb.defined()) {
+        std::vector<int64_t> shape(gy.dim(), 1);
+        shape[1] = -1;
+        part = ggb.view(shape).expand_as(gy);
+      }
+      if (part.defined()) dgy = dgy.defined() ? dgy + part : part;
+    }
+    if (ctx->needs_input_grad(1) && ggw.defined()) dx = std::get<0>(config.backward(gy, x, ggw, {true, false, false}));
+    if (ctx->needs_input_grad(2) && ggx.defined()) dw = std::get<1>(config.backward(gy, ggx, w, {false, true, false}));
+    return {dgy, dx, dw, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+struct Conv : Function<Conv> {
+  static Tensor forward(AutogradContext* ctx, Tensor x, Tensor w, c10::optional<Tensor> b,
+                        std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                        int64_t groups) {
+    ConvConfig config{stride, padding, dilation, groups, b.has_value() && b->defined()};
+    config.save(ctx);
+    ctx->save_for_backward({x, w});
+    return config.conv(x, w, b);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto c = ConvConfig::load(ctx);
+    bool has_gx = saved[0].requires_grad();
+    auto r = ConvBackward::apply(grads[0], saved[0], saved[1], c.stride, c.padding, c.dilation, c.groups, c.has_bias);
+    Tensor gx = has_gx ? r[1] : Tensor();
+    Tensor gb = c.has_bias ? r[has_gx ? 2 : 1] : Tensor();
+    return {gx, r[0], gb, Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+std::vector<int64_t> channel_shape(const Tensor& x) {
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[1] = -1;
+  return shape;
+}
+
+std::vector<int64_t> non_channel_dims(const Tensor& x) {
+  std::vector<int64_t> dims{0};
+  for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
+  return dims;
+}
+
+// (g, x, w, mean, invstd) -> (gx, gw, gb): training-mode BatchNorm's backward as a node.
+struct BatchNormBackward : Function<BatchNormBackward> {
+  static variable_list forward(AutogradContext* ctx, Tensor g, Tensor x, Tensor w, Tensor mean, Tensor invstd,
+                               double eps) {
+    ctx->set_materialize_grads(false);
+    auto r = at::native_batch_norm_backward(g, x, w, {}, {}, mean, invstd, true, eps, {true, true, true});
+    const Tensor &sum_gxh = std::get<1>(r), &sum_g = std::get<2>(r);
+    ctx->save_for_backward({g, x, w, mean, invstd, sum_gxh, sum_g});
+    ctx->saved_data["eps"] = eps;
+    return {std::get<0>(r), sum_gxh, sum_g};
+  }
+
+  // Upstream (u, a, b) for (gx, gw, gb); per channel, over its M elements, s = invstd,
+  // xh = (x - mean) s, P v = v - mean(v) - xh mean(v xh) (fastadapt/double_backward.py):
+  //   d/dg = w s P u + a xh + b
+  //   d/dw = s C,  C = sum(u g) - sum(u) sum(g) / M - sum(u xh) sum(g xh) / M
+  //   d/dx = -w s^2 xh C / M + s P(c1 g + c2 u),  c1 = a - w s sum(u xh) / M,  c2 = -w s sum(g xh) / M
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // mean and s enter below as constants: right for the second derivative, not beyond it.
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "fastadapt's BatchNorm kernel gives first and second derivatives only: differentiating its double "
+                "backward (backward with create_graph=True through a second-order meta-gradient) is not implemented; "
+                "turn second_order_kernels off for third-order derivatives");
+    auto saved = ctx->get_saved_variables();
+    const Tensor &g = saved[0], &x = saved[1], &w = saved[2], &mean = saved[3], &s = saved[4];
+    const Tensor &sum_gxh = saved[5], &sum_g = saved[6];
+    double eps = ctx->saved_data["eps"].toDouble();
+    Tensor u = grads[0], a = grads[1], b = grads[2];
+    auto shape = channel_shape(x);
+    double M = static_cast<double>(x.numel() / x.size(1));
+    auto xh = at::addcmul((-mean * s).view(shape), x, s.view(shape));
+    Tensor w_s_pu, sum_uxh, sum_u, sum_ug;
+    if (u.defined()) {
+      // One fused pass: w s P u, sum(u xh), sum(u).
+      std::tie(w_s_pu, sum_uxh, sum_u) =
+          at::native_batch_norm_backward(u, x, w, {}, {}, mean, s, true, eps, {true, true, true});
+      sum_ug = (u * g).sum(non_channel_dims(x));
+    } else {
+      sum_uxh = at::zeros_like(w);
+      sum_u = at::zeros_like(w);
+      sum_ug = at::zeros_like(w);
+    }
+    if (!a.defined()) a = at::zeros_like(w);
+    Tensor dg, dx, dw;
+    if (ctx->needs_input_grad(0)) {
+      dg = w_s_pu.defined() ? at::addcmul(w_s_pu, xh, a.view(shape)) : xh * a.view(shape);
+      if (b.defined()) dg = dg + b.view(shape);
+    }
+    auto C = sum_ug - sum_u * sum_g / M - sum_uxh * sum_gxh / M;
+    if (ctx->needs_input_grad(2)) dw = s * C;
+    if (ctx->needs_input_grad(1)) {
+      auto ws = w * s;
+      auto c1 = a - ws * sum_uxh / M;
+      auto c2 = -ws * sum_gxh / M;
+      auto mean_v = (c1 * sum_g + c2 * sum_u) / M;
+      auto mean_vxh = (c1 * sum_gxh + c2 * sum_uxh) / M;
+      auto k = -ws * s * C / M - s * mean_vxh;
+      dx = g * (s * c1).view(shape);
+      if (u.defined()) dx = at::addcmul(dx, u, (s * c2).view(shape));
+      dx = at::addcmul(dx, xh, k.view(shape)) - (s * mean_v).view(shape);
+    }
+    return {dg, dx, dw, Tensor(), Tensor(), Tensor()};
+  }
+};
+
+struct BatchNorm : Function<BatchNorm> {
+  static Tensor forward(AutogradContext* ctx, Tensor x, Tensor w, Tensor b, c10::optional<Tensor> running_mean,
+                        c10::optional<Tensor> running_var, double momentum, double eps) {
+    auto r = at::native_batch_norm(x, w, b, running_mean, running_var, true, momentum, eps);
+    ctx->save_for_backward({x, w, std::get<1>(r), std::get<2>(r)});
+    ctx->saved_data["eps"] = eps;
+    return std::get<0>(r);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto r = BatchNormBackward::apply(grads[0], saved[0], saved[1], saved[2], saved[3],
+                                      ctx->saved_data["eps"].toDouble());
+    return {r[0], r[1], r[2], Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+Tensor conv(Tensor x, Tensor w, c10::optional<Tensor> b, std::vector<int64_t> stride, std::vector<int64_t> padding,
+            std::vector<int64_t> dilation, int64_t groups) {
+  return Conv::apply(x, w, b, stride, padding, dilation, groups);
+}
+
+Tensor batch_norm(Tensor x, Tensor w, Tensor b, c10::optional<Tensor> running_mean,
+                  c10::optional<Tensor> running_var, double momentum, double eps) {
+  return BatchNorm::apply(x, w, b, running_mean, running_var, momentum, eps);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("conv", &conv, "Convolution (any dimension) with an explicit double backward.");
+  m.def("batch_norm", &batch_norm, "Training-mode BatchNorm with an explicit double backward.");
+}
