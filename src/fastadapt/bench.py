@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastadapt.algorithms import create_algorithm
+from fastadapt.double_backward import kernels_available
 from fastadapt.models import create_model
 from fastadapt.runtime import tune_allocator
 from fastadapt.tasks.spec import EpisodeBatch, TaskSpec
@@ -158,15 +159,19 @@ def fastadapt_backward(config: BenchConfig, backbone: nn.Module) -> Backward:
 def speed_options(config: BenchConfig) -> dict[str, Any]:
     """The algorithm arguments of fastadapt's speed settings (README "Speed settings") for ``config``.
 
-    MAML: bfloat16 query passes on channels-last parameters (``query_channels_last``) and
+    MAML: bfloat16 query passes on channels-last parameters (``query_channels_last``),
     ``task_workers`` = the intra-op threads (tasks split over threads, one intra-op thread
-    each); ProtoNet: bfloat16 backbone (plus channels-last
+    each) and, second order, ``second_order_kernels`` where fastadapt's C++ kernels compile
+    here (``fastadapt.double_backward.kernels_available``; left out where they do not, and
+    ``format_table`` says which); ProtoNet: bfloat16 backbone (plus channels-last
     parameters, applied by ``fast_backward``); its one episode per step has no tasks to split.
     Reptile: ``task_workers`` (plus channels-last parameters: faster convolutions with one
     intra-op thread per worker; it has no reduced-precision option).
     """
     workers = {"task_workers": torch.get_num_threads()}
     maml = {"precision": "bfloat16", "query_channels_last": True} | workers
+    if not config.algorithm_args.get("first_order") and kernels_available():
+        maml["second_order_kernels"] = True
     options = {"maml": maml, "protonet": {"precision": "bfloat16"}, "reptile": workers}
     return options.get(config.algorithm, {})
 
@@ -373,6 +378,17 @@ def format_table(results: Sequence[BenchResult], matmul_gflops: float, threads: 
     threads = torch.get_num_threads() if threads is None else threads
     lines.append(f"\nfloat32 2048x2048 matmul peak: {matmul_gflops:.1f} GFLOP/s, {threads} threads, "
                  f"torch {torch.__version__}")
+    second_order_fast = [
+        r for r in results
+        if r.config.endswith("(fast)") and CONFIGS[r.config.split()[0]].algorithm == "maml"
+        and not CONFIGS[r.config.split()[0]].algorithm_args.get("first_order")
+    ]
+    if second_order_fast:
+        lines.append("second-order MAML (fast) rows: " + (
+            "with second_order_kernels" if kernels_available() else
+            "without second_order_kernels (fastadapt's C++ kernels do not compile here: "
+            "pip install 'fastadapt[kernels]' and a C++ compiler)"
+        ))
     return "\n".join(lines)
 
 
