@@ -112,10 +112,11 @@ def precision() -> str:
 
 
 def ablation() -> str:
-    """``benchmarks/ablation.py`` (latest commit's rows; each group's first variant is its baseline)."""
+    """``benchmarks/ablation.py`` (all rows, each group an experiment of its own commit; a group's first
+    variant is its baseline)."""
     lines = ["| config | variant | options | median ms / step (repeats) | vs first | peak RSS MB | threads | commit |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
-    for r in latest("ablation"):
+    for r in read_rows("ablation"):
         options = " ".join(f"{k}={v}" for k, v in r["options"].items()) or "defaults"
         repeats = ", ".join(f"{1e3 * t:.0f}" for t in r["repeat_medians_s"])
         lines.append(f"| {r['config']} | {r['variant']} | `{options}` | {1e3 * r['median_s']:.1f} ({repeats}) | "

@@ -3,7 +3,8 @@
 import torch
 from torch import nn
 
-from fastadapt.bench import BenchConfig, count_flops, fastadapt_backward, synthetic_batch
+import fastadapt.bench as bench
+from fastadapt.bench import BenchConfig, BenchResult, count_flops, fastadapt_backward, format_table, synthetic_batch
 from fastadapt.cli import main
 
 
@@ -20,6 +21,18 @@ def test_bench_fast_adds_a_row_with_the_speed_settings(capsys):
     assert main(["bench", "--configs", "reptile-5w", "--steps", "1", "--threads", "2", "--fast"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| reptile-5w")]
     assert [r.split(" | ")[0] for r in rows] == ["| reptile-5w", "| reptile-5w (fast)"]
+
+
+def test_fast_table_says_whether_second_order_maml_ran_the_compiled_kernels(monkeypatch):
+    row = lambda name: BenchResult(name, "tasks", 32, 1, 0.5, 0.5, 0.5, 400.0, 10**9)
+    for available, expected in ((True, "with second_order_kernels"), (False, "without second_order_kernels")):
+        monkeypatch.setattr(bench, "kernels_available", lambda: available)
+        assert bench.speed_options(bench.CONFIGS["maml-5w1s-2nd"]).get("second_order_kernels") is (available or None)
+        assert "second_order_kernels" not in bench.speed_options(bench.CONFIGS["maml-5w1s-1st"])
+        table = format_table([row("maml-5w1s-2nd"), row("maml-5w1s-2nd (fast)")], 300.0, threads=2)
+        assert expected in table.splitlines()[-1]
+    # first-order and non-MAML fast rows say nothing about kernels
+    assert "second_order_kernels" not in format_table([row("maml-5w1s-1st (fast)"), row("reptile-5w (fast)")], 300.0, 2)
 
 
 def test_bench_unknown_config(capsys):
