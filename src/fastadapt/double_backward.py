@@ -29,8 +29,8 @@ hand-written backward:
 
 The functions are C++ so that the autograd engine runs them without the GIL (a Python
 ``autograd.Function`` serialised the worker threads of ``fastadapt.task_parallel``: on the
-Omniglot MAML 20-way 5-step benchmark it gave 1.06x with two workers against 1.2x for the
-compiled one; ad hoc). The convolution's backward passes are differentiable ATen calls, so
+Omniglot MAML 20-way 5-step benchmark with two workers it gave 1.06x, ad hoc, against 1.22x for
+the compiled one, ``benchmarks/README.md`` ablation table). The convolution's backward passes are differentiable ATen calls, so
 its third and higher derivatives are correct; BatchNorm's double backward treats the batch
 mean and ``s`` as constants and raises if differentiated again (``create_graph=True``
 through a second-order meta-gradient). The extension is compiled on first
