@@ -51,10 +51,14 @@ def test_convolution_of_an_input_without_gradient():
     assert gradgradcheck(fn, (w, b))
 
 
-@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (6, 3)])
-def test_batch_norm_first_and_second_derivatives(shape):
+@pytest.mark.parametrize("shape, channels_last", [((4, 3, 5, 5), False), ((6, 3), False), ((4, 3, 5, 5), True)])
+def test_batch_norm_first_and_second_derivatives(shape, channels_last):
+    # Contiguous CPU tensors take the fused two-pass loop; NHWC ones the ATen formulas.
     torch.manual_seed(0)
-    inputs = (_t(*shape, scale=3.0, shift=1.0), _t(shape[1]), _t(shape[1]))
+    x = _t(*shape, scale=3.0, shift=1.0)
+    if channels_last:
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    inputs = (x, _t(shape[1]), _t(shape[1]))
     fn = _under_mode(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True, eps=1e-3))
     torch.testing.assert_close(fn(*inputs), F.batch_norm(inputs[0], None, None, *inputs[1:], True, eps=1e-3))
     assert "BatchNorm" in fn(*inputs).grad_fn.name()

@@ -24,13 +24,16 @@ hand-written backward:
       d/dx = -w s^2 xh C / M + s P(c1 g + c2 u),
              c1 = a - w s sum(u xh) / M,   c2 = -w s sum(g xh) / M
 
-  i.e. one fused batch-norm backward (``w s P u``, ``sum(u xh)``, ``sum(u)``), one reduction
-  ``sum(u g)`` and two element-wise expressions.
+  both linear in ``(u, g, x - mean)`` with per-channel coefficients: on contiguous float32/64
+  CPU tensors two passes over the data (one for ``sum(u)``, ``sum(u xh)``, ``sum(u g)`` in
+  double, one writing both results); elsewhere the same formulas as ATen operations (a fused
+  batch-norm backward for ``w s P u``, one reduction, two element-wise expressions).
 
-The functions are C++ so that the autograd engine runs them without the GIL (a Python
-``autograd.Function`` serialised the worker threads of ``fastadapt.task_parallel``: on the
-Omniglot MAML 20-way 5-step benchmark with two workers it gave 1.06x, ad hoc, against 1.22x for
-the compiled one, ``benchmarks/README.md`` ablation table). The convolution's backward passes are differentiable ATen calls, so
+The functions are C++ so that the autograd engine runs them without the GIL, and their Python
+bindings release it while they compute (a Python ``autograd.Function`` serialised the worker
+threads of ``fastadapt.task_parallel``: on the Omniglot MAML 20-way 5-step benchmark with two
+workers it gave 1.06x, ad hoc; see ``benchmarks/README.md``'s ablation table for the compiled
+ones). The convolution's backward passes are differentiable ATen calls, so
 its third and higher derivatives are correct; BatchNorm's double backward treats the batch
 mean and ``s`` as constants and raises if differentiated again (``create_graph=True``
 through a second-order meta-gradient). The extension is compiled on first

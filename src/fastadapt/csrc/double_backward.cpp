@@ -4,11 +4,10 @@
 // PyTorch's own double backward of a convolution computes the weight-gradient term as a
 // convolution of the transposed input with the transposed gradient (a dilated, large-kernel
 // convolution for strided layers), and BatchNorm's as some thirty element-wise passes. Here the
-// convolution terms are ordinary convolution forward/backward calls and BatchNorm's are one
-// fused batch-norm backward, one reduction and two element-wise expressions per tensor (the
-// formulas are derived in fastadapt/double_backward.py). Written in C++ so that the autograd
-// engine runs these nodes without the GIL: worker threads (fastadapt.task_parallel) stay
-// parallel. The convolution's backward passes are differentiable ATen calls (higher orders work);
+// convolution terms are ordinary convolution forward/backward calls and BatchNorm's are two
+// passes over the data on contiguous CPU tensors (ATen operations elsewhere; the formulas are
+// derived in fastadapt/double_backward.py). Written in C++ so that the autograd engine runs these
+// nodes without the GIL: worker threads (fastadapt.task_parallel) stay parallel. The convolution's backward passes are differentiable ATen calls (higher orders work);
 // BatchNorm's double backward raises if differentiated again.
 #include <torch/extension.h>
 
@@ -138,6 +137,70 @@ std::vector<int64_t> non_channel_dims(const Tensor& x) {
   return dims;
 }
 
+// BatchNorm's double backward on contiguous CPU tensors in two passes over the data: per channel,
+// one pass for sum(u), sum(u (x - mean)), sum(u g), then one that writes d/dg and d/dx, both
+// linear in (u, g, x - mean) with per-channel coefficients (the formulas of BatchNormBackward).
+// Sums in double. Returns false (nothing written) where it does not apply.
+bool fused_batch_norm_double_backward(const Tensor& u, const Tensor& g, const Tensor& x, const Tensor& w,
+                                      const Tensor& mean, const Tensor& s, const Tensor& a, const Tensor& b,
+                                      const Tensor& sum_gxh, const Tensor& sum_g, Tensor& dg, Tensor& dx, Tensor& dw) {
+  if (!x.device().is_cpu() || !(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble)) return false;
+  for (const Tensor* t : {&u, &g, &x}) {
+    if (!t->is_contiguous() || t->scalar_type() != x.scalar_type()) return false;
+  }
+  const int64_t N = x.size(0), C = x.size(1), inner = x.numel() / (N * C);
+  const double M = static_cast<double>(N * inner);
+  auto per_channel = [&](const Tensor& t) { return t.to(at::kDouble).contiguous(); };
+  Tensor w_ = per_channel(w), mean_ = per_channel(mean), s_ = per_channel(s), a_ = per_channel(a),
+         b_ = per_channel(b), sgx_ = per_channel(sum_gxh), sg_ = per_channel(sum_g);
+  Tensor dw_ = at::empty({C}, w_.options());
+  dg = at::empty_like(g);
+  dx = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_batch_norm_double_backward", [&] {
+    const scalar_t *pu = u.data_ptr<scalar_t>(), *pg = g.data_ptr<scalar_t>(), *px = x.data_ptr<scalar_t>();
+    scalar_t *pdg = dg.data_ptr<scalar_t>(), *pdx = dx.data_ptr<scalar_t>();
+    const double *W = w_.data_ptr<double>(), *MEAN = mean_.data_ptr<double>(), *S = s_.data_ptr<double>(),
+                 *A = a_.data_ptr<double>(), *B = b_.data_ptr<double>(), *SGX = sgx_.data_ptr<double>(),
+                 *SG = sg_.data_ptr<double>();
+    double* DW = dw_.data_ptr<double>();
+    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const double mu = MEAN[c];
+        double su = 0, sux = 0, sug = 0;
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t base = (n * C + c) * inner;
+          for (int64_t i = 0; i < inner; ++i) {
+            const double uv = pu[base + i];
+            su += uv;
+            sux += uv * (px[base + i] - mu);
+            sug += uv * pg[base + i];
+          }
+        }
+        const double sc = S[c], ws = W[c] * sc, sum_uxh = sux * sc;
+        const double Cc = sug - su * SG[c] / M - sum_uxh * SGX[c] / M;
+        DW[c] = sc * Cc;
+        // d/dg = ws u + (a - ws mean(u xh)) xh + (b - ws mean(u))
+        const double g_u = ws, g_x = (A[c] - ws * sum_uxh / M) * sc, g_0 = B[c] - ws * su / M;
+        // d/dx = s c1 g + s c2 u + k xh - s mean(v)
+        const double c1 = A[c] - ws * sum_uxh / M, c2 = -ws * SGX[c] / M;
+        const double mean_v = (c1 * SG[c] + c2 * su) / M, mean_vxh = (c1 * SGX[c] + c2 * sum_uxh) / M;
+        const double k = -ws * sc * Cc / M - sc * mean_vxh;
+        const double x_g = sc * c1, x_u = sc * c2, x_x = k * sc, x_0 = -sc * mean_v;
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t base = (n * C + c) * inner;
+          for (int64_t i = 0; i < inner; ++i) {
+            const double uv = pu[base + i], gv = pg[base + i], xm = px[base + i] - mu;
+            pdg[base + i] = static_cast<scalar_t>(g_u * uv + g_x * xm + g_0);
+            pdx[base + i] = static_cast<scalar_t>(x_g * gv + x_u * uv + x_x * xm + x_0);
+          }
+        }
+      }
+    });
+  });
+  dw = dw_.to(w.scalar_type());
+  return true;
+}
+
 // (g, x, w, mean, invstd) -> (gx, gw, gb): training-mode BatchNorm's backward as a node.
 struct BatchNormBackward : Function<BatchNormBackward> {
   static variable_list forward(AutogradContext* ctx, Tensor g, Tensor x, Tensor w, Tensor mean, Tensor invstd,
@@ -166,6 +229,16 @@ struct BatchNormBackward : Function<BatchNormBackward> {
     const Tensor &sum_gxh = saved[5], &sum_g = saved[6];
     double eps = ctx->saved_data["eps"].toDouble();
     Tensor u = grads[0], a = grads[1], b = grads[2];
+    Tensor dg, dx, dw;
+    {
+      Tensor u_ = u.defined() ? u : at::zeros_like(g), a_ = a.defined() ? a : at::zeros_like(w),
+             b_ = b.defined() ? b : at::zeros_like(w);
+      if (fused_batch_norm_double_backward(u_, g, x, w, mean, s, a_, b_, sum_gxh, sum_g, dg, dx, dw)) {
+        return {ctx->needs_input_grad(0) ? dg : Tensor(), ctx->needs_input_grad(1) ? dx : Tensor(),
+                ctx->needs_input_grad(2) ? dw : Tensor(), Tensor(), Tensor(), Tensor()};
+      }
+    }
+    // Any other layout, dtype or device: the same formulas with ATen operations.
     auto shape = channel_shape(x);
     double M = static_cast<double>(x.numel() / x.size(1));
     auto xh = at::addcmul((-mean * s).view(shape), x, s.view(shape));
@@ -181,7 +254,6 @@ struct BatchNormBackward : Function<BatchNormBackward> {
       sum_ug = at::zeros_like(w);
     }
     if (!a.defined()) a = at::zeros_like(w);
-    Tensor dg, dx, dw;
     if (ctx->needs_input_grad(0)) {
       dg = w_s_pu.defined() ? at::addcmul(w_s_pu, xh, a.view(shape)) : xh * a.view(shape);
       if (b.defined()) dg = dg + b.view(shape);
@@ -232,7 +304,10 @@ Tensor batch_norm(Tensor x, Tensor w, Tensor b, c10::optional<Tensor> running_me
 
 }  // namespace
 
+// Both release the GIL while they compute, as PyTorch's own bindings do: worker threads
+// (fastadapt.task_parallel) run their forward passes in parallel.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("conv", &conv, "Convolution (any dimension) with an explicit double backward.");
-  m.def("batch_norm", &batch_norm, "Training-mode BatchNorm with an explicit double backward.");
+  using release = pybind11::call_guard<pybind11::gil_scoped_release>;
+  m.def("conv", &conv, release(), "Convolution (any dimension) with an explicit double backward.");
+  m.def("batch_norm", &batch_norm, release(), "Training-mode BatchNorm with an explicit double backward.");
 }
