@@ -262,24 +262,32 @@ def test_stream_gives_the_loop_meta_gradient_loss_and_outputs(name, workers):
         torch.testing.assert_close(s, g, rtol=1e-9, atol=1e-12)
 
 
+def _meta_step_with(name, batching, workers, b, on_first_conv, **inner):
+    """Loss, logits, meta-gradients and predictions of ``_learner`` with ``inner`` settings replaced;
+    ``on_first_conv(output)`` sees every output of the first convolution (support and query passes)."""
+    model = _learner(name, batching, workers)
+    model.inner = dataclasses.replace(model.inner, **inner)
+    hook = model.backbone.features[0].register_forward_hook(lambda m, i, o: on_first_conv(o))
+    out = model.meta_loss(b)
+    grads = torch.autograd.grad(out.loss, list(model.parameters()))
+    with torch.no_grad():
+        predictions = model.predict(b.support_x, b.support_y, b.query_x)
+    hook.remove()
+    return out.loss.detach(), out.logits, grads, predictions
+
+
 @pytest.mark.parametrize("batching, workers", [("stream", 1), ("stream", 2), ("loop", 1)])
 @pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd"])
 def test_query_channels_last_changes_no_result_and_runs_the_queries_nhwc(name, batching, workers):
     b = batch(tasks=3, image=True)
     results, layouts = [], []
     for channels_last in (False, True):
-        model = _learner(name, batching, workers)
-        model.inner = dataclasses.replace(model.inner, query_channels_last=channels_last)
-        first_conv = model.backbone.features[0]  # one input channel: contiguous in both layouts
-        hook = first_conv.register_forward_hook(
-            lambda m, i, o: layouts.append((channels_last, len(o), o.is_contiguous(memory_format=torch.channels_last)))
+        # the first convolution has one input channel: contiguous in both layouts
+        record = lambda o: layouts.append((channels_last, len(o), o.is_contiguous(memory_format=torch.channels_last)))
+        loss, logits, grads, predictions = _meta_step_with(
+            name, batching, workers, b, record, query_channels_last=channels_last
         )
-        out = model.meta_loss(b)
-        grads = torch.autograd.grad(out.loss, list(model.parameters()))
-        with torch.no_grad():
-            predictions = model.predict(b.support_x, b.support_y, b.query_x)
-        hook.remove()
-        results.append((out.loss.detach(), out.logits, predictions, grads))
+        results.append((loss, logits, predictions, grads))
     (loss, logits, predictions, grads), (loss_cl, logits_cl, predictions_cl, grads_cl) = results
     torch.testing.assert_close(loss_cl, loss, rtol=1e-12, atol=0)
     torch.testing.assert_close(logits_cl, logits, rtol=1e-10, atol=1e-12)
@@ -309,13 +317,9 @@ def test_second_order_kernels_give_the_same_meta_gradient(name, batching, worker
     b = batch(tasks=3, image=True)
     results, nodes = [], []
     for kernels in (False, True):
-        model = _learner(name, batching, workers)
-        model.inner = dataclasses.replace(model.inner, second_order_kernels=kernels)
-        hook = model.backbone.features[0].register_forward_hook(lambda m, i, o: nodes.append((kernels, o.grad_fn.name())))
-        out = model.meta_loss(b)
-        grads = torch.autograd.grad(out.loss, list(model.parameters()))
-        hook.remove()
-        results.append((out.loss.detach(), out.logits, grads))
+        record = lambda o: nodes.append((kernels, o.grad_fn.name() if o.grad_fn else "no graph"))
+        loss, logits, grads, _ = _meta_step_with(name, batching, workers, b, record, second_order_kernels=kernels)
+        results.append((loss, logits, grads))
     (loss, logits, grads), (loss_k, logits_k, grads_k) = results
     torch.testing.assert_close(loss_k, loss, rtol=1e-12, atol=0)
     torch.testing.assert_close(logits_k, logits, rtol=1e-12, atol=1e-14)
