@@ -69,7 +69,7 @@ def test_batch_norm_first_and_second_derivatives(shape, channels_last):
 def test_batch_norm_updates_running_statistics_like_pytorch():
     torch.manual_seed(0)
     x, w, b = _t(4, 3, 5, 5, shift=2.0), _t(3), _t(3)
-    ours, theirs = (torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)), None
+    ours = (torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
     theirs = tuple(t.clone() for t in ours)
     with explicit_double_backward():
         out = F.batch_norm(x, *ours, w, b, training=True, momentum=0.3)

@@ -156,6 +156,10 @@ def fastadapt_backward(config: BenchConfig, backbone: nn.Module) -> Backward:
     return learner_backward(config, backbone)
 
 
+def _second_order_maml(config: BenchConfig) -> bool:
+    return config.algorithm == "maml" and not config.algorithm_args.get("first_order")
+
+
 def speed_options(config: BenchConfig) -> dict[str, Any]:
     """The algorithm arguments of fastadapt's speed settings (README "Speed settings") for ``config``.
 
@@ -170,7 +174,7 @@ def speed_options(config: BenchConfig) -> dict[str, Any]:
     """
     workers = {"task_workers": torch.get_num_threads()}
     maml = {"precision": "bfloat16", "query_channels_last": True} | workers
-    if not config.algorithm_args.get("first_order") and kernels_available():
+    if _second_order_maml(config) and kernels_available():
         maml["second_order_kernels"] = True
     options = {"maml": maml, "protonet": {"precision": "bfloat16"}, "reptile": workers}
     return options.get(config.algorithm, {})
@@ -378,12 +382,7 @@ def format_table(results: Sequence[BenchResult], matmul_gflops: float, threads: 
     threads = torch.get_num_threads() if threads is None else threads
     lines.append(f"\nfloat32 2048x2048 matmul peak: {matmul_gflops:.1f} GFLOP/s, {threads} threads, "
                  f"torch {torch.__version__}")
-    second_order_fast = [
-        r for r in results
-        if r.config.endswith("(fast)") and CONFIGS[r.config.split()[0]].algorithm == "maml"
-        and not CONFIGS[r.config.split()[0]].algorithm_args.get("first_order")
-    ]
-    if second_order_fast:
+    if any(r.config.endswith("(fast)") and _second_order_maml(CONFIGS[r.config.split()[0]]) for r in results):
         lines.append("second-order MAML (fast) rows: " + (
             "with second_order_kernels" if kernels_available() else
             "without second_order_kernels (fastadapt's C++ kernels do not compile here: "

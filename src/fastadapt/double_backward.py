@@ -38,7 +38,7 @@ its third and higher derivatives are correct; BatchNorm's double backward treats
 mean and ``s`` as constants and raises if differentiated again (``create_graph=True``
 through a second-order meta-gradient). The extension is compiled on first
 use with ``torch.utils.cpp_extension`` (a C++ compiler and ``ninja``: ``pip install
-fastadapt[kernels]``; about 30 s on 2 cores, cached by torch afterwards). Anything else
+fastadapt[kernels]``; 32 s on the project's 2-core VM, cached by torch afterwards). Anything else
 falls through to PyTorch: string padding, BatchNorm with running statistics in eval mode or
 without affine parameters, and any call under autocast.
 """

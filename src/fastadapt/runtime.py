@@ -65,7 +65,6 @@ def compute_precision(precision: str, device_type: str) -> contextlib.AbstractCo
     return torch.autocast(device_type, dtype=torch.bfloat16)
 
 
-
 def autocast_enabled(device_type: str) -> bool:
     """Whether autocast is on for ``device_type`` in the calling thread (any torch >= 2.2)."""
     try:

@@ -228,50 +228,34 @@ struct BatchNormBackward : Function<BatchNormBackward> {
     const Tensor &g = saved[0], &x = saved[1], &w = saved[2], &mean = saved[3], &s = saved[4];
     const Tensor &sum_gxh = saved[5], &sum_g = saved[6];
     double eps = ctx->saved_data["eps"].toDouble();
-    Tensor u = grads[0], a = grads[1], b = grads[2];
+    // Undefined upstream gradients (outputs nobody used) count as zeros.
+    const Tensor u = grads[0].defined() ? grads[0] : at::zeros_like(g);
+    const Tensor a = grads[1].defined() ? grads[1] : at::zeros_like(w);
+    const Tensor b = grads[2].defined() ? grads[2] : at::zeros_like(w);
     Tensor dg, dx, dw;
-    {
-      Tensor u_ = u.defined() ? u : at::zeros_like(g), a_ = a.defined() ? a : at::zeros_like(w),
-             b_ = b.defined() ? b : at::zeros_like(w);
-      if (fused_batch_norm_double_backward(u_, g, x, w, mean, s, a_, b_, sum_gxh, sum_g, dg, dx, dw)) {
-        return {ctx->needs_input_grad(0) ? dg : Tensor(), ctx->needs_input_grad(1) ? dx : Tensor(),
-                ctx->needs_input_grad(2) ? dw : Tensor(), Tensor(), Tensor(), Tensor()};
-      }
-    }
-    // Any other layout, dtype or device: the same formulas with ATen operations.
-    auto shape = channel_shape(x);
-    double M = static_cast<double>(x.numel() / x.size(1));
-    auto xh = at::addcmul((-mean * s).view(shape), x, s.view(shape));
-    Tensor w_s_pu, sum_uxh, sum_u, sum_ug;
-    if (u.defined()) {
+    if (!fused_batch_norm_double_backward(u, g, x, w, mean, s, a, b, sum_gxh, sum_g, dg, dx, dw)) {
+      // Any other layout, dtype or device: the same formulas with ATen operations.
+      auto shape = channel_shape(x);
+      double M = static_cast<double>(x.numel() / x.size(1));
+      auto xh = at::addcmul((-mean * s).view(shape), x, s.view(shape));
       // One fused pass: w s P u, sum(u xh), sum(u).
-      std::tie(w_s_pu, sum_uxh, sum_u) =
+      auto [w_s_pu, sum_uxh, sum_u] =
           at::native_batch_norm_backward(u, x, w, {}, {}, mean, s, true, eps, {true, true, true});
-      sum_ug = (u * g).sum(non_channel_dims(x));
-    } else {
-      sum_uxh = at::zeros_like(w);
-      sum_u = at::zeros_like(w);
-      sum_ug = at::zeros_like(w);
-    }
-    if (!a.defined()) a = at::zeros_like(w);
-    if (ctx->needs_input_grad(0)) {
-      dg = w_s_pu.defined() ? at::addcmul(w_s_pu, xh, a.view(shape)) : xh * a.view(shape);
-      if (b.defined()) dg = dg + b.view(shape);
-    }
-    auto C = sum_ug - sum_u * sum_g / M - sum_uxh * sum_gxh / M;
-    if (ctx->needs_input_grad(2)) dw = s * C;
-    if (ctx->needs_input_grad(1)) {
+      auto sum_ug = (u * g).sum(non_channel_dims(x));
+      dg = at::addcmul(w_s_pu, xh, a.view(shape)) + b.view(shape);
+      auto C = sum_ug - sum_u * sum_g / M - sum_uxh * sum_gxh / M;
+      dw = s * C;
       auto ws = w * s;
       auto c1 = a - ws * sum_uxh / M;
       auto c2 = -ws * sum_gxh / M;
       auto mean_v = (c1 * sum_g + c2 * sum_u) / M;
       auto mean_vxh = (c1 * sum_gxh + c2 * sum_uxh) / M;
       auto k = -ws * s * C / M - s * mean_vxh;
-      dx = g * (s * c1).view(shape);
-      if (u.defined()) dx = at::addcmul(dx, u, (s * c2).view(shape));
-      dx = at::addcmul(dx, xh, k.view(shape)) - (s * mean_v).view(shape);
+      dx = at::addcmul(at::addcmul(g * (s * c1).view(shape), u, (s * c2).view(shape)), xh, k.view(shape)) -
+           (s * mean_v).view(shape);
     }
-    return {dg, dx, dw, Tensor(), Tensor(), Tensor()};
+    return {ctx->needs_input_grad(0) ? dg : Tensor(), ctx->needs_input_grad(1) ? dx : Tensor(),
+            ctx->needs_input_grad(2) ? dw : Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
