@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fastadapt.algorithms import ANIL, MAML, MetaSGD, Reptile
-from fastadapt.inner_loop import adapt, forward, meta_batch_loss
+from fastadapt.inner_loop import adapt, forward, meta_batch_loss, tensor_aliases
 from fastadapt.models import create_model
 from fastadapt.tasks import EpisodeBatch, TaskSpec
 
@@ -17,6 +17,22 @@ SPEC = TaskSpec(ways=3, shots=2, queries=2)
 def mlp() -> nn.Module:
     torch.manual_seed(0)
     return create_model("mlp", in_features=4, hidden=(5,), out_features=3).double()
+
+
+class TiedMLP(nn.Module):
+    """Two hidden layers sharing one weight matrix, and a buffer registered under two names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        double = {"dtype": torch.float64}
+        self.first, self.second, self.head = nn.Linear(4, 4, **double), nn.Linear(4, 4, **double), nn.Linear(4, 3, **double)
+        self.second.weight = self.first.weight
+        self.register_buffer("scale", torch.full((4,), 0.5, **double))
+        self.head.register_buffer("scale", self.scale)  # (``.double()`` would untie buffers: build in float64)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.second(torch.tanh(self.first(x)))) * self.head.scale)
 
 
 def batch(tasks: int = 2, dtype=torch.float64, image: bool = False) -> EpisodeBatch:
@@ -111,13 +127,15 @@ def test_reptile_outer_direction_is_params_minus_adapted():
         torch.testing.assert_close(g, expected)
 
 
+@pytest.mark.parametrize("make_backbone", [mlp, TiedMLP], ids=["mlp", "tied"])
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_reptile_inner_loop_is_torch_optim_on_shot_major_minibatches(optimizer):
+def test_reptile_inner_loop_is_torch_optim_on_shot_major_minibatches(optimizer, make_backbone):
     """train_task's foreach update equals torch.optim (Adam with betas (0, 0.999), eps 1e-8;
-    plain SGD) stepping a deep copy on the same minibatches, in float64."""
+    plain SGD) stepping a deep copy on the same minibatches, in float64; with tied weights too
+    (the forward passes take ``tensor_aliases`` instead of functional_call's own search)."""
     import copy
 
-    backbone = mlp()
+    backbone = make_backbone()
     model = Reptile(backbone, inner_lr=0.05, inner_steps=4, inner_batch=4, inner_optimizer=optimizer)
     b = batch()
     x, y = b.support_x[0], b.support_y[0]
@@ -135,6 +153,37 @@ def test_reptile_inner_loop_is_torch_optim_on_shot_major_minibatches(optimizer):
         torch.testing.assert_close(adapted[name], p.detach(), rtol=1e-12, atol=1e-14)
         assert not adapted[name].requires_grad
     assert all(p.grad is None for p in backbone.parameters())  # the backbone itself is untouched
+
+
+def test_tensor_aliases_name_every_further_registration_of_a_tensor():
+    assert tensor_aliases(TiedMLP()) == {"second.weight": "first.weight", "head.scale": "scale"}
+    assert tensor_aliases(mlp()) == {}
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_adapt_with_tied_weights_is_functional_call_with_tie_weights(first_order):
+    """``adapt`` passes ``tensor_aliases`` to ``forward`` (``tie_weights=False``): same adapted
+    parameters and meta-gradient as a loop that lets ``functional_call`` tie the weights."""
+    model, b = TiedMLP(), batch()
+    x, y, qx, qy = b.support_x[0], b.support_y[0], b.query_x[0], b.query_y[0]
+    params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    buffers = {n: t.clone() for n, t in model.named_buffers()}
+    adapted = adapt(model, params, x, y, nn.functional.cross_entropy, 2, 0.3, first_order, buffers=buffers)
+    reference = dict(params)
+    for _ in range(2):
+        out = torch.func.functional_call(model, {**buffers, **reference}, (x,))  # tie_weights=True
+        grads = torch.autograd.grad(nn.functional.cross_entropy(out, y), list(reference.values()), create_graph=not first_order)
+        reference = {n: p - 0.3 * (g.detach() if first_order else g) for (n, p), g in zip(reference.items(), grads)}
+    for name in params:
+        torch.testing.assert_close(adapted[name], reference[name], rtol=1e-12, atol=1e-14)
+    meta = [torch.autograd.grad(nn.functional.cross_entropy(forward(model, p, buffers, qx), qy), list(params.values()))
+            for p in (adapted, reference)]
+    for got, want in zip(*meta):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    # The shared weight really is substituted in both layers.
+    changed = {**params, "first.weight": torch.zeros(4, 4, dtype=torch.float64)}
+    zero_second = forward(model, changed, buffers, x, tensor_aliases(model))
+    torch.testing.assert_close(zero_second, torch.func.functional_call(model, {**buffers, **changed}, (x,)))
 
 
 @pytest.mark.parametrize("first_order", [False, True])

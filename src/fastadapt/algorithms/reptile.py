@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaOutput, register_algorithm
-from fastadapt.inner_loop import Params, buffer_copies, forward, loss_function
+from fastadapt.inner_loop import Params, buffer_copies, forward, loss_function, tensor_aliases
 from fastadapt.task_parallel import Job, check_workers, map_interleaved, run_job
 from fastadapt.tasks.spec import EpisodeBatch
 
@@ -80,12 +80,14 @@ class Reptile(nn.Module):
             support_x: ``(N, ...)`` class-major support examples; ``support_y``: ``(N,)``.
             model: the module called (default the backbone).
         """
-        return run_job(self._adapt(support_x, support_y, steps), self.backbone if model is None else model)
+        model = self.backbone if model is None else model
+        return run_job(self._adapt(support_x, support_y, steps, tensor_aliases(model)), model)
 
-    def _adapt(self, support_x: Tensor, support_y: Tensor, steps: int) -> Job[Params]:
+    def _adapt(self, support_x: Tensor, support_y: Tensor, steps: int, aliases: dict[str, str]) -> Job[Params]:
         """``train_task`` as a ``fastadapt.task_parallel`` job: one inner step per ``yield``.
 
-        The model is read only through the module each step receives (task_parallel).
+        The model is read only through the module each step receives (task_parallel);
+        ``aliases`` is ``tensor_aliases`` of it (``inner_loop.forward``).
         """
         model = yield
         ways = int(support_y.max()) + 1 if support_y.dtype == torch.long else 1
@@ -100,7 +102,7 @@ class Reptile(nn.Module):
             start = (step * self.inner_batch) % len(order)
             idx = order[start : start + self.inner_batch]
             with torch.enable_grad():
-                loss = self.loss(forward(model, params, buffers, support_x[idx]), support_y[idx])
+                loss = self.loss(forward(model, params, buffers, support_x[idx], aliases), support_y[idx])
                 grads = list(torch.autograd.grad(loss, weights))
             with torch.no_grad():
                 self._update(weights, grads, moments, step + 1)
@@ -124,13 +126,13 @@ class Reptile(nn.Module):
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
         current = {n: p.detach() for n, p in self.backbone.named_parameters()}
-        tasks = len(batch)
+        tasks, aliases = len(batch), tensor_aliases(self.backbone)
 
         def job(t: int) -> Job[tuple[Params, Tensor, Tensor]]:
-            adapted = yield from self._adapt(batch.support_x[t], batch.support_y[t], self.inner_steps)
+            adapted = yield from self._adapt(batch.support_x[t], batch.support_y[t], self.inner_steps, aliases)
             model = yield
             with torch.no_grad():
-                out = forward(model, adapted, buffer_copies(model), batch.query_x[t])
+                out = forward(model, adapted, buffer_copies(model), batch.query_x[t], aliases)
                 return {n: (current[n] - adapted[n]) / tasks for n in current}, self.loss(out, batch.query_y[t]), out
 
         results = map_interleaved(self.backbone, tasks, self.task_workers, job)
@@ -142,14 +144,18 @@ class Reptile(nn.Module):
         return MetaOutput(surrogate, torch.stack([out for _, _, out in results]))
 
     def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        aliases = tensor_aliases(self.backbone)
+
         def job(t: int) -> Job[Tensor]:
-            adapted = yield from self._adapt(support_x[t], support_y[t], self.eval_inner_steps)
+            adapted = yield from self._adapt(support_x[t], support_y[t], self.eval_inner_steps, aliases)
             model = yield
             buffers = buffer_copies(model)
             with torch.no_grad():
                 if self.transductive:
-                    return forward(model, adapted, buffers, query_x[t])
+                    return forward(model, adapted, buffers, query_x[t], aliases)
                 # Each query is normalised together with the support set only (support + 1).
-                return torch.stack([forward(model, adapted, buffers, torch.cat([support_x[t], q[None]]))[-1] for q in query_x[t]])
+                return torch.stack([
+                    forward(model, adapted, buffers, torch.cat([support_x[t], q[None]]), aliases)[-1] for q in query_x[t]
+                ])
 
         return torch.stack(map_interleaved(self.backbone, support_x.shape[0], self.task_workers, job))
