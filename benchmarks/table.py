@@ -124,8 +124,19 @@ def ablation() -> str:
     return "\n".join(lines)
 
 
+def functional_call() -> str:
+    """``benchmarks/functional_call_cost.py`` (latest commit's rows)."""
+    rows = latest("functional_call")
+    variants = list(rows[0]["median_us"]) if rows else []
+    lines = ["| backbone (config) | images | " + " | ".join(f"{v}, µs" for v in variants) + " | threads | commit |",
+             "| --- | ---: | " + "---: | " * len(variants) + "---: | --- |"]
+    lines += [f"| {r['config']} | {r['images']} | " + " | ".join(f"{r['median_us'][v]:.0f}" for v in variants) +
+              f" | {r['threads']} | {r['commit']} |" for r in rows]
+    return "\n".join(lines)
+
+
 TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching": task_batching, "peers": peers,
-          "distributed": distributed, "precision": precision, "ablation": ablation}
+          "distributed": distributed, "precision": precision, "ablation": ablation, "functional_call": functional_call}
 
 
 def main() -> None:
