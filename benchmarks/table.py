@@ -126,12 +126,11 @@ def ablation() -> str:
 
 def functional_call() -> str:
     """``benchmarks/functional_call_cost.py`` (latest commit's rows)."""
-    rows = latest("functional_call")
-    variants = list(rows[0]["median_us"]) if rows else []
-    lines = ["| backbone (config) | images | " + " | ".join(f"{v}, µs" for v in variants) + " | threads | commit |",
-             "| --- | ---: | " + "---: | " * len(variants) + "---: | --- |"]
+    variants = ["model(x)", "forward", "forward, aliases"]  # as functional_call_cost.py names them
+    lines = ["| backbone (config) | images | `model(x)` µs | `forward` µs | `forward` with `tensor_aliases` µs | threads | commit |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     lines += [f"| {r['config']} | {r['images']} | " + " | ".join(f"{r['median_us'][v]:.0f}" for v in variants) +
-              f" | {r['threads']} | {r['commit']} |" for r in rows]
+              f" | {r['threads']} | {r['commit']} |" for r in latest("functional_call")]
     return "\n".join(lines)
 
 

@@ -65,9 +65,8 @@ def forward(
     ``aliases`` (``tensor_aliases(model)``) is for callers that call the same model many
     times: the tied names get the tensor of the name they alias here, and ``functional_call``
     skips its own search of the module for tied tensors on every call (``tie_weights=False``),
-    the same result. On the benchmarks' Conv-4 that search is ~70 of the ~180 µs
-    ``functional_call`` adds to a forward; a two-worker Reptile step took 67 instead of 69.5 ms
-    (ad hoc, three interleaved repeats).
+    the same result. On the benchmarks' Conv-4 that search is ~75 of the ~140 µs
+    ``functional_call`` adds to a forward (``benchmarks/functional_call_cost.py``).
     """
     state = {**buffers, **params}
     if aliases is None:
