@@ -38,7 +38,7 @@ from common import TUNED_MALLOC, append_row, environment  # noqa: E402
 from fastadapt.bench import CONFIGS, BenchConfig, matmul_peak, measure, meta_gradient, set_threads  # noqa: E402
 
 VARIANTS = {"plain": "plain_torch", "fastadapt": "fastadapt_side", "fastadapt-threads": "fastadapt_threads",
-            "fastadapt-fast": "fastadapt_fast",
+            "fastadapt-fast": "fastadapt_fast", "fastadapt-lean": "fastadapt_lean",
             "higher": "higher_side", "learn2learn": "l2l_side"}
 SETTINGS = {"shipped": "as shipped (malloc default; fastadapt: tune_allocator)", "tuned": "identical malloc (env, all)"}
 REFERENCE = "plain"

@@ -1,0 +1,31 @@
+"""fastadapt's speed settings on one worker: ``speed_options`` without ``task_workers``.
+
+The memory end of the trade-off: the tasks of a meta-batch run one after another on the
+calling thread (two intra-op threads), so one task's graph is alive at a time, as in the
+peers; bfloat16 query passes keep that graph smaller than theirs. MAML: ``precision="bfloat16"``,
+``query_channels_last`` and, second order, ``second_order_kernels``. ProtoNet's speed settings
+have no workers to drop (``fastadapt-fast`` is its lean variant too); Reptile's without workers
+are ``train.channels_last`` alone.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+from torch import nn
+
+from fastadapt.bench import CHANNELS_LAST, Backward, BenchConfig, learner_backward, speed_options
+
+NOTE = "fastadapt, speed settings without task_workers (one task at a time)"
+
+
+def lean_backward(config: BenchConfig, backbone: nn.Module) -> Backward:
+    options = {k: v for k, v in speed_options(config).items() if k != "task_workers"}
+    return learner_backward(config, backbone, channels_last=config.algorithm in CHANNELS_LAST, **options)
+
+
+BACKWARD = {"maml": lean_backward, "reptile": lean_backward}
+
+
+def version() -> str:
+    return importlib.metadata.version("fastadapt")
