@@ -64,8 +64,9 @@ def _speedup(r: dict, rows: list[dict]) -> str:
 
 def peers() -> str:
     rows = latest("peers", key="run")
-    lines = ["| setting (matmul peak) | config | variant | throughput | vs best peer | median ms (min-max) | peak RSS MB | "
-             "GFLOP / step | GFLOP/s | % of matmul peak | meta-grad max rel err f32 (f64) | threads | commit |",
+    lines = ["| setting (matmul peak f32 / bf16) | config | variant | throughput | vs best peer | median ms (min-max) | "
+             "peak RSS MB | GFLOP / step | GFLOP/s | % of matmul peak f32 (bf16) | meta-grad max rel err f32 (f64) | threads | "
+             "commit |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
     for r in rows:
         head = f"| {PEER_SETTINGS[r['setting']]} | {r['config']} | {r['variant']}"
@@ -74,10 +75,13 @@ def peers() -> str:
             continue
         err = (f"{r['grad_max_rel_err']:.1e} ({r['grad_max_rel_err_f64']:.1e})" if "grad_max_rel_err" in r
                else "reference")
+        bf16 = "matmul_bf16_gflops" in r  # runs before e.g. 1041278 timed the float32 peak only
+        peak = f"{r['matmul_gflops']:.0f}" + (f" / {r['matmul_bf16_gflops']:.0f}" if bf16 else "")
+        pct = f"{r['pct_matmul_peak']:.0f}%" + (f" ({r['pct_bf16_matmul_peak']:.0f}%)" if bf16 else "")
         lines.append(
-            f"| {PEER_SETTINGS[r['setting']]} ({r['matmul_gflops']:.0f}) | {r['config']} | {r['variant']} {r['version']} | "
+            f"| {PEER_SETTINGS[r['setting']]} ({peak}) | {r['config']} | {r['variant']} {r['version']} | "
             f"{r['throughput']:.2f} {r['unit']}/s | {_speedup(r, rows)} | {r['median_ms']:.0f} ({r['min_ms']:.0f}-{r['max_ms']:.0f}) | "
-            f"{r['peak_rss_mb']:.0f} | {r['flops'] / 1e9:.1f} | {r['gflops']:.1f} | {r['pct_matmul_peak']:.0f}% | {err} | "
+            f"{r['peak_rss_mb']:.0f} | {r['flops'] / 1e9:.1f} | {r['gflops']:.1f} | {pct} | {err} | "
             f"{r['threads']} | {r['commit']} |"
         )
     return "\n".join(lines)

@@ -6,8 +6,8 @@ Run with the benchmark environment of ``benchmarks/peers/setup_env.sh`` (the pee
 never dependencies of the package). Every (setting, config, variant) runs in its own
 process: same Conv-4 and seeded synthetic Omniglot-shaped batches (``fastadapt.bench``),
 same threads, warm-up excluded; FLOPs counted once per variant with
-``torch.utils.flop_counter``; a float32 2048x2048 matmul peak timed in its own process per
-setting; the meta-gradient of the first batch at the initial weights compared with the
+``torch.utils.flop_counter``; float32 and bfloat16 2048x2048 matmul peaks timed in their own process
+per setting; the meta-gradient of the first batch at the initial weights compared with the
 plain PyTorch loop's. Two settings: ``shipped`` (glibc malloc defaults; fastadapt calls
 ``fastadapt.runtime.tune_allocator()`` as its engine does by default, the peers do not) and
 ``tuned`` (``common.TUNED_MALLOC`` in every variant's environment, nobody calls
@@ -57,7 +57,7 @@ def child(args: argparse.Namespace) -> None:
         tune_allocator()
     set_threads(args.threads)
     if args.variant == "matmul":
-        print(json.dumps({"matmul_gflops": matmul_peak()}))
+        print(json.dumps({"matmul_gflops": matmul_peak(), "matmul_bf16_gflops": matmul_peak(dtype=torch.bfloat16)}))
         return
     side = importlib.import_module(VARIANTS[args.variant])
     config = smoke_config(CONFIGS[args.config]) if args.smoke else CONFIGS[args.config]
@@ -87,19 +87,23 @@ def max_relative_error(gradient: torch.Tensor, reference: torch.Tensor) -> float
     return float((gradient - reference).abs().max() / reference.abs().max())
 
 
-def figures(result: dict, peak: float) -> dict:
+def figures(result: dict, peaks: dict) -> dict:
+    """Step-time statistics and achieved GFLOP/s, also as a percentage of the float32 and bfloat16 matmul peaks."""
     times = sorted(result.pop("times"))
     median = statistics.median(times)
     gflops = result["flops"] / median / 1e9
-    return result | {"steps": len(times), "median_ms": 1e3 * median, "min_ms": 1e3 * times[0], "max_ms": 1e3 * times[-1],
-                     "throughput": result["per_step"] / median, "gflops": gflops, "matmul_gflops": peak,
-                     "pct_matmul_peak": 100 * gflops / peak}
+    return result | peaks | {"steps": len(times), "median_ms": 1e3 * median, "min_ms": 1e3 * times[0],
+                             "max_ms": 1e3 * times[-1], "throughput": result["per_step"] / median, "gflops": gflops,
+                             "pct_matmul_peak": 100 * gflops / peaks["matmul_gflops"],
+                             "pct_bf16_matmul_peak": 100 * gflops / peaks["matmul_bf16_gflops"]}
 
 
 def measure_setting(args: argparse.Namespace, setting: str, run_id: str, scratch: Path) -> None:
-    peak = spawn(args, setting, "-", "matmul", "-")["matmul_gflops"]
-    print(f"\n## {SETTINGS[setting]}: float32 2048x2048 matmul {peak:.1f} GFLOP/s, {args.threads} threads", flush=True)
-    print("| config | variant | throughput | median ms | min-max ms | peak RSS MB | GFLOP/step | GFLOP/s | % peak | grad rel err f32 / f64 |")
+    peaks = spawn(args, setting, "-", "matmul", "-")
+    print(f"\n## {SETTINGS[setting]}: 2048x2048 matmul {peaks['matmul_gflops']:.1f} GFLOP/s float32, "
+          f"{peaks['matmul_bf16_gflops']:.1f} bfloat16, {args.threads} threads", flush=True)
+    print("| config | variant | throughput | median ms | min-max ms | peak RSS MB | GFLOP/step | GFLOP/s | % peak f32 (bf16) | "
+          "grad rel err f32 / f64 |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in args.configs:
         algorithm = CONFIGS[name].algorithm
@@ -113,7 +117,7 @@ def measure_setting(args: argparse.Namespace, setting: str, run_id: str, scratch
                                    "tune_allocator": variant.startswith("fastadapt") and setting == "shipped", "config": name,
                                    "variant": variant, "smoke": args.smoke, "warmup": args.warmup}
             if "error" not in result:
-                row |= figures(result, peak)
+                row |= figures(result, peaks)
                 reference = scratch / f"{setting}-{name}-{REFERENCE}.pt"
                 if reference.exists() and variant != REFERENCE:
                     ours, ref = torch.load(gradient_out), torch.load(reference)
@@ -129,7 +133,7 @@ def line(r: dict) -> str:
     err = f"{r['grad_max_rel_err']:.1e} / {r['grad_max_rel_err_f64']:.1e}" if "grad_max_rel_err" in r else "-"
     return (f"| {r['config']} | {r['variant']} {r['version']} | {r['throughput']:.2f} {r['unit']}/s | {r['median_ms']:.1f} | "
             f"{r['min_ms']:.1f}-{r['max_ms']:.1f} | {r['peak_rss_mb']:.0f} | {r['flops'] / 1e9:.2f} | {r['gflops']:.1f} | "
-            f"{r['pct_matmul_peak']:.0f}% | {err} |")
+            f"{r['pct_matmul_peak']:.0f}% ({r['pct_bf16_matmul_peak']:.0f}%) | {err} |")
 
 
 def main() -> None:

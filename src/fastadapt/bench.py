@@ -202,10 +202,10 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
-    """Best float32 GFLOP/s of a ``size x size`` matmul with the current thread count."""
+def matmul_peak(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of a ``size x size`` matmul in ``dtype`` with the current thread count."""
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(size, size, generator=g), torch.randn(size, size, generator=g)
+    a, b = (torch.randn(size, size, generator=g).to(dtype) for _ in range(2))
     torch.mm(a, b)  # warm-up
     best = float("inf")
     for _ in range(repeats):
