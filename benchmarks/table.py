@@ -75,7 +75,7 @@ def peers() -> str:
             continue
         err = (f"{r['grad_max_rel_err']:.1e} ({r['grad_max_rel_err_f64']:.1e})" if "grad_max_rel_err" in r
                else "reference")
-        bf16 = "matmul_bf16_gflops" in r  # runs before e.g. 1041278 timed the float32 peak only
+        bf16 = "matmul_bf16_gflops" in r  # rows up to 1041278 timed the float32 peak only
         peak = f"{r['matmul_gflops']:.0f}" + (f" / {r['matmul_bf16_gflops']:.0f}" if bf16 else "")
         pct = f"{r['pct_matmul_peak']:.0f}%" + (f" ({r['pct_bf16_matmul_peak']:.0f}%)" if bf16 else "")
         lines.append(
