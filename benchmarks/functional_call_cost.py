@@ -29,6 +29,10 @@ from fastadapt.bench import build_backbone, get_config  # noqa: E402
 from fastadapt.inner_loop import forward, tensor_aliases  # noqa: E402
 
 
+CALLS = ("model(x)", "forward", "forward, aliases")
+"""The timed calls, in the order of the table's columns (``benchmarks/table.py``)."""
+
+
 def median_us(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median wall time of each call in microseconds, the calls interleaved round by round."""
     times: dict[str, list[float]] = {name: [] for name in calls}
@@ -52,11 +56,9 @@ def main() -> None:
         buffers = {n: b.clone() for n, b in model.named_buffers()}
         aliases = tensor_aliases(model)
         x = torch.randn(2, 1, 28, 28)
-        calls = {
-            "model(x)": lambda: model(x),
-            "forward": lambda: forward(model, params, buffers, x),
-            "forward, aliases": lambda: forward(model, params, buffers, x, aliases),
-        }
+        calls = dict(zip(CALLS, (
+            lambda: model(x), lambda: forward(model, params, buffers, x), lambda: forward(model, params, buffers, x, aliases),
+        )))
         with torch.no_grad():
             median_us(calls, 50)  # warm-up
             us = median_us(calls, args.repeats)

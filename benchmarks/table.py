@@ -130,10 +130,11 @@ def ablation() -> str:
 
 def functional_call() -> str:
     """``benchmarks/functional_call_cost.py`` (latest commit's rows)."""
-    variants = ["model(x)", "forward", "forward, aliases"]  # as functional_call_cost.py names them
+    from functional_call_cost import CALLS
+
     lines = ["| backbone (config) | images | `model(x)` µs | `forward` µs | `forward` with `tensor_aliases` µs | threads | commit |",
              "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-    lines += [f"| {r['config']} | {r['images']} | " + " | ".join(f"{r['median_us'][v]:.0f}" for v in variants) +
+    lines += [f"| {r['config']} | {r['images']} | " + " | ".join(f"{r['median_us'][c]:.0f}" for c in CALLS) +
               f" | {r['threads']} | {r['commit']} |" for r in latest("functional_call")]
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""fastadapt's speed settings on one worker: ``speed_options`` without ``task_workers``.
+"""fastadapt's speed settings on one worker: ``fast_backward(..., workers=False)``.
 
 The memory end of the trade-off: the tasks of a meta-batch run one after another on the
 calling thread (two intra-op threads), so one task's graph is alive at a time, as in the
@@ -10,20 +10,14 @@ are ``train.channels_last`` alone.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 
-from torch import nn
-
-from fastadapt.bench import CHANNELS_LAST, Backward, BenchConfig, learner_backward, speed_options
+from fastadapt.bench import fast_backward
 
 NOTE = "fastadapt, speed settings without task_workers (one task at a time)"
 
-
-def lean_backward(config: BenchConfig, backbone: nn.Module) -> Backward:
-    options = {k: v for k, v in speed_options(config).items() if k != "task_workers"}
-    return learner_backward(config, backbone, channels_last=config.algorithm in CHANNELS_LAST, **options)
-
-
+lean_backward = functools.partial(fast_backward, workers=False)
 BACKWARD = {"maml": lean_backward, "reptile": lean_backward}
 
 

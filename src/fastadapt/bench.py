@@ -160,8 +160,9 @@ def _second_order_maml(config: BenchConfig) -> bool:
     return config.algorithm == "maml" and not config.algorithm_args.get("first_order")
 
 
-def speed_options(config: BenchConfig) -> dict[str, Any]:
-    """The algorithm arguments of fastadapt's speed settings (README "Speed settings") for ``config``.
+def speed_options(config: BenchConfig, workers: bool = True) -> dict[str, Any]:
+    """The algorithm arguments of fastadapt's speed settings (README "Speed settings") for ``config``;
+    ``workers=False`` leaves out ``task_workers`` (one task's graph alive at a time).
 
     MAML: bfloat16 query passes on channels-last parameters (``query_channels_last``),
     ``task_workers`` = the intra-op threads (tasks split over threads, one intra-op thread
@@ -172,11 +173,11 @@ def speed_options(config: BenchConfig) -> dict[str, Any]:
     Reptile: ``task_workers`` (plus channels-last parameters: faster convolutions with one
     intra-op thread per worker; it has no reduced-precision option).
     """
-    workers = {"task_workers": torch.get_num_threads()}
-    maml = {"precision": "bfloat16", "query_channels_last": True} | workers
+    threads = {"task_workers": torch.get_num_threads()} if workers else {}
+    maml = {"precision": "bfloat16", "query_channels_last": True} | threads
     if _second_order_maml(config) and kernels_available():
         maml["second_order_kernels"] = True
-    options = {"maml": maml, "protonet": {"precision": "bfloat16"}, "reptile": workers}
+    options = {"maml": maml, "protonet": {"precision": "bfloat16"}, "reptile": threads}
     return options.get(config.algorithm, {})
 
 
@@ -184,9 +185,10 @@ CHANNELS_LAST = ("protonet", "reptile")
 """Algorithms whose speed settings include ``train.channels_last`` (MAML's double backward is slower with it)."""
 
 
-def fast_backward(config: BenchConfig, backbone: nn.Module) -> Backward:
-    """``fastadapt_backward`` with ``speed_options`` (and ``train.channels_last`` for ``CHANNELS_LAST``)."""
-    return learner_backward(config, backbone, channels_last=config.algorithm in CHANNELS_LAST, **speed_options(config))
+def fast_backward(config: BenchConfig, backbone: nn.Module, workers: bool = True) -> Backward:
+    """``fastadapt_backward`` with ``speed_options(config, workers)`` (and ``train.channels_last`` for ``CHANNELS_LAST``)."""
+    options = speed_options(config, workers)
+    return learner_backward(config, backbone, channels_last=config.algorithm in CHANNELS_LAST, **options)
 
 
 def outer_optimizer(config: BenchConfig, params: Sequence[Tensor]) -> torch.optim.Optimizer:
