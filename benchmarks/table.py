@@ -139,8 +139,16 @@ def functional_call() -> str:
     return "\n".join(lines)
 
 
+def heap() -> str:
+    """``benchmarks/heap_peak.py`` (latest commit's rows)."""
+    from heap_peak import table
+
+    return table(latest("heap"))
+
+
 TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching": task_batching, "peers": peers,
-          "distributed": distributed, "precision": precision, "ablation": ablation, "functional_call": functional_call}
+          "distributed": distributed, "precision": precision, "ablation": ablation, "functional_call": functional_call,
+          "heap": heap}
 
 
 def main() -> None:
