@@ -2,6 +2,7 @@
 against finite differences (gradcheck/gradgradcheck), forward values and buffers against
 PyTorch, what the mode routes and what it leaves to PyTorch."""
 
+import json
 import subprocess
 import sys
 
@@ -145,3 +146,13 @@ def test_a_stale_stamp_is_not_loaded(monkeypatch):
     assert db._load_built() is not None
     monkeypatch.setattr(db, "build_key", lambda: {"source_sha256": "another source"})
     assert db._load_built() is None
+
+
+def test_a_stamp_naming_another_module_is_not_loaded(monkeypatch, tmp_path):
+    db.load_kernels()
+    stamp = json.loads(db.stamp_path().read_text())
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    db.stamp_path().write_text(json.dumps(stamp | {"module": "fastadapt_double_backward_v9"}))  # as after a rebuild
+    assert db._load_built() is None
+    db.stamp_path().write_text(json.dumps(stamp))
+    assert db._load_built() is not None
