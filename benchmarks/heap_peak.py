@@ -36,8 +36,9 @@ from common import TUNED_MALLOC, append_row, environment  # noqa: E402
 
 from fastadapt.bench import CONFIGS, build_backbone, outer_optimizer, set_threads, synthetic_batch  # noqa: E402
 
-VARIANTS = {"plain": "plain_torch", "fastadapt": "fastadapt_side", "fastadapt-fast": "fastadapt_fast",
-            "fastadapt-lean": "fastadapt_lean", "higher": "higher_side", "learn2learn": "l2l_side"}
+from run import VARIANTS as PEER_VARIANTS  # noqa: E402
+
+VARIANTS = {name: module for name, module in PEER_VARIANTS.items() if name != "fastadapt-threads"}
 HEAPS = 64
 MB = 2**20
 
