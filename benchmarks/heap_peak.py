@@ -39,7 +39,9 @@ from fastadapt.bench import CONFIGS, build_backbone, outer_optimizer, set_thread
 from run import VARIANTS as PEER_VARIANTS  # noqa: E402
 
 VARIANTS = {name: module for name, module in PEER_VARIANTS.items() if name != "fastadapt-threads"}
-HEAPS = 64
+# As in heap/heap_track.c: its slots, the key of the main (brk) heap, and a thread arena's key is its
+# address >> ARENA_HEAP_BITS (glibc's 64 MiB heaps are aligned to their size).
+HEAPS, MAIN_HEAP, ARENA_HEAP_BITS = 64, 1, 26
 MB = 2**20
 
 
@@ -85,8 +87,8 @@ def child(config_name: str, variant: str, steps: int, warmup: int) -> dict:
     heaps, base = [], main_heap_start()
     for i in range(HEAPS):
         if lib.heap_track_heap(i, ctypes.byref(key), ctypes.byref(start), ctypes.byref(peak), ctypes.byref(top)):
-            arena = key.value != 1
-            origin = key.value << 26 if arena else base
+            arena = key.value != MAIN_HEAP
+            origin = key.value << ARENA_HEAP_BITS if arena else base
             heaps.append({"kind": "arena" if arena else "main", "in_use_start_mb": start.value / MB,
                           "peak_in_use_mb": peak.value / MB,
                           "touched_mb": max(0, top.value - origin) / MB if top.value else 0.0})
