@@ -1,6 +1,6 @@
 """Where a training step of a benchmark config spends its time: ``torch.profiler`` by operator.
 
-    python benchmarks/profile_step.py maml-20w1s-5steps [--variant default|threads|fast|plain]
+    python benchmarks/profile_step.py maml-20w1s-5steps [--variant default|threads|fast|lean|plain]
         [--threads 1] [--steps 2] [--rows 20]
 
 Builds the config's learner exactly as ``benchmarks/peers`` does (``fastadapt.bench``:
@@ -9,7 +9,7 @@ same Conv-4, seeded synthetic batches, ``tune_allocator``), runs two warm-up ste
 operators by self CPU time, followed by the share of the step spent under a few
 autograd nodes of interest (BatchNorm's and the convolution's backward and double
 backward: inclusive times, so nested calls count once per node). The variants are those of
-``benchmarks/peers`` (``default`` = fastadapt, ``threads``, ``fast``, ``plain``). With more than one thread or worker the
+``benchmarks/peers`` (``default`` = fastadapt, ``threads``, ``fast``, ``lean``, ``plain``). With more than one thread or worker the
 profiler sees the calling thread's work only.
 """
 
@@ -35,7 +35,7 @@ NODES = (
 
 
 # The variants of ``benchmarks/peers`` (the modules ``run.py`` loads), under short names.
-VARIANTS = {"default": "fastadapt_side", "threads": "fastadapt_threads", "fast": "fastadapt_fast", "plain": "plain_torch"}
+VARIANTS = {"default": "fastadapt_side", "threads": "fastadapt_threads", "fast": "fastadapt_fast", "lean": "fastadapt_lean", "plain": "plain_torch"}
 
 
 def make_backward(variant: str):

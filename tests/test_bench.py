@@ -1,5 +1,8 @@
 """``fastadapt bench``: the CLI prints its table, and FLOP counting matches a hand count."""
 
+import json
+import subprocess
+
 import torch
 from torch import nn
 
@@ -21,6 +24,37 @@ def test_bench_fast_adds_a_row_with_the_speed_settings(capsys):
     assert main(["bench", "--configs", "reptile-5w", "--steps", "1", "--threads", "2", "--fast"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| reptile-5w")]
     assert [r.split(" | ")[0] for r in rows] == ["| reptile-5w", "| reptile-5w (fast)"]
+
+
+def test_bench_lean_adds_rows_only_where_the_speed_settings_have_workers(monkeypatch):
+    calls = []
+
+    def fake_run(argv, **kwargs):
+        calls.append((argv[3], argv[argv.index("--variant") + 1]))
+        row = BenchResult(bench.row_name(argv[3], calls[-1][1]), "tasks", 1, 1, 0.1, 0.1, 0.1, 300.0, 10**9)
+        return subprocess.CompletedProcess(argv, 0, json.dumps(row._asdict()) + "\n", "")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setattr(bench, "matmul_peak", lambda: 100.0)
+    results, _ = bench.run(["protonet-5w5s", "reptile-5w"], steps=1, threads=2, fast=True, lean=True)
+    assert calls == [("protonet-5w5s", "default"), ("protonet-5w5s", "fast"),
+                     ("reptile-5w", "default"), ("reptile-5w", "fast"), ("reptile-5w", "lean")]
+    assert [r.config for r in results] == ["protonet-5w5s", "protonet-5w5s (fast)", "reptile-5w", "reptile-5w (fast)",
+                                           "reptile-5w (lean)"]
+
+
+def test_lean_variant_is_the_speed_settings_without_workers(monkeypatch):
+    built = []
+    monkeypatch.setattr(bench, "learner_backward", lambda config, backbone, channels_last=False, **options:
+                        built.append((channels_last, options)))
+    for name in ("maml-5w1s-2nd", "reptile-5w"):
+        config = bench.CONFIGS[name]
+        bench.fast_backward(config, None)
+        bench.lean_backward(config, None)
+        (fast_layout, fast), (lean_layout, lean) = built[-2:]
+        assert bench.has_lean_variant(config) and fast.pop("task_workers") == torch.get_num_threads()
+        assert (lean_layout, lean) == (fast_layout, fast)
+    assert not bench.has_lean_variant(bench.CONFIGS["protonet-5w5s"])
 
 
 def test_fast_table_says_whether_second_order_maml_ran_the_compiled_kernels(monkeypatch):

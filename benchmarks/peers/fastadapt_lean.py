@@ -1,4 +1,4 @@
-"""fastadapt's speed settings on one worker: ``fast_backward(..., workers=False)``.
+"""fastadapt's speed settings on one worker: ``fastadapt.bench.lean_backward`` (``fastadapt bench --lean``).
 
 The memory end of the trade-off: the tasks of a meta-batch run one after another on the
 calling thread (two intra-op threads), so one task's graph is alive at a time, as in the
@@ -10,14 +10,11 @@ are ``train.channels_last`` alone.
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 
-from fastadapt.bench import fast_backward
+from fastadapt.bench import lean_backward
 
 NOTE = "fastadapt, speed settings without task_workers (one task at a time)"
-
-lean_backward = functools.partial(fast_backward, workers=False)
 BACKWARD = {"maml": lean_backward, "reptile": lean_backward}
 
 

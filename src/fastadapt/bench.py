@@ -191,6 +191,23 @@ def fast_backward(config: BenchConfig, backbone: nn.Module, workers: bool = True
     return learner_backward(config, backbone, channels_last=config.algorithm in CHANNELS_LAST, **options)
 
 
+def lean_backward(config: BenchConfig, backbone: nn.Module) -> Backward:
+    """``fast_backward`` without ``task_workers``: the tasks of a meta-batch one after another on
+    the calling thread, so one task's graph is alive at a time (the memory end of the trade-off)."""
+    return fast_backward(config, backbone, workers=False)
+
+
+VARIANTS: dict[str, Callable[[BenchConfig, nn.Module], Backward]] = {
+    "default": fastadapt_backward, "fast": fast_backward, "lean": lean_backward,
+}
+"""The ways ``fastadapt bench`` times a config: defaults, all speed settings, speed settings without workers."""
+
+
+def has_lean_variant(config: BenchConfig) -> bool:
+    """Whether ``lean_backward`` differs from ``fast_backward`` for ``config`` (its speed settings have workers)."""
+    return "task_workers" in speed_options(config)
+
+
 def outer_optimizer(config: BenchConfig, params: Sequence[Tensor]) -> torch.optim.Optimizer:
     """The outer optimiser: Adam for MAML and ProtoNet, SGD (the Reptile update) for Reptile."""
     name, lr = config.outer
@@ -318,19 +335,24 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _child(name: str, steps: int | None, warmup: int, threads: int, allocator: bool, fast: bool) -> BenchResult:
+def row_name(config: str, variant: str) -> str:
+    """``config`` for the default variant, else ``"<config> (<variant>)"``."""
+    return config if variant == "default" else f"{config} ({variant})"
+
+
+def _child(name: str, steps: int | None, warmup: int, threads: int, allocator: bool, variant: str) -> BenchResult:
     if allocator:
         tune_allocator()  # the engine's default
     set_threads(threads)
     config = get_config(name)
     steps = config.quick_steps if steps is None else steps
-    m = measure(config, fast_backward if fast else fastadapt_backward, steps=steps, warmup=warmup)
-    return BenchResult.of(f"{name} (fast)" if fast else name, config, m)
+    m = measure(config, VARIANTS[variant], steps=steps, warmup=warmup)
+    return BenchResult.of(row_name(name, variant), config, m)
 
 
 def run(
     configs: Sequence[str] | None = None, steps: int | None = None, warmup: int = 1, threads: int | None = None,
-    allocator: bool = True, fast: bool = False,
+    allocator: bool = True, fast: bool = False, lean: bool = False,
 ) -> tuple[list[BenchResult], float]:
     """Benchmark ``configs`` (default all), each in a fresh Python process.
 
@@ -339,6 +361,8 @@ def run(
         threads: intra-op threads (default: torch's current number).
         allocator: apply ``fastadapt.runtime.tune_allocator`` as the engine does by default.
         fast: also time each config with ``speed_options`` (rows named ``"<config> (fast)"``).
+        lean: also time, for the configs whose speed settings include ``task_workers``, the
+            same settings without workers (``lean_backward``; rows ``"<config> (lean)"``).
 
     Returns:
         The results and the float32 matmul peak (GFLOP/s) measured in this process.
@@ -353,10 +377,17 @@ def run(
         raise ValueError(f"threads must be >= 1, got {threads}")
     env = os.environ | {"OMP_NUM_THREADS": str(threads)}
     results = []
-    for name, variant in [(n, v) for n in names for v in ([[], ["--fast"]] if fast else [[]])]:
+    runs = []
+    for name in names:
+        runs.append((name, "default"))
+        if fast:
+            runs.append((name, "fast"))
+        if lean and has_lean_variant(CONFIGS[name]):
+            runs.append((name, "lean"))
+    for name, variant in runs:
         argv = [sys.executable, "-m", "fastadapt.bench", name, "--warmup", str(warmup), "--threads", str(threads)]
         argv += (["--steps", str(steps)] if steps is not None else []) + ([] if allocator else ["--no-tune-allocator"])
-        done = subprocess.run(argv + variant, capture_output=True, text=True, env=env)
+        done = subprocess.run(argv + ["--variant", variant], capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"bench config {name!r} failed:\n{done.stderr.strip()}")
         results.append(BenchResult(**json.loads(done.stdout.strip().splitlines()[-1])))
@@ -384,8 +415,8 @@ def format_table(results: Sequence[BenchResult], matmul_gflops: float, threads: 
     threads = torch.get_num_threads() if threads is None else threads
     lines.append(f"\nfloat32 2048x2048 matmul peak: {matmul_gflops:.1f} GFLOP/s, {threads} threads, "
                  f"torch {torch.__version__}")
-    if any(r.config.endswith("(fast)") and _second_order_maml(CONFIGS[r.config.split()[0]]) for r in results):
-        lines.append("second-order MAML (fast) rows: " + (
+    if any(r.config.endswith(("(fast)", "(lean)")) and _second_order_maml(CONFIGS[r.config.split()[0]]) for r in results):
+        lines.append("second-order MAML (fast, lean) rows: " + (
             "with second_order_kernels" if kernels_available() else
             "without second_order_kernels (fastadapt's C++ kernels do not compile here: "
             "pip install 'fastadapt[kernels]' and a C++ compiler)"
@@ -400,9 +431,9 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-tune-allocator", action="store_true")
-    parser.add_argument("--fast", action="store_true")
+    parser.add_argument("--variant", choices=list(VARIANTS), default="default")
     args = parser.parse_args(argv)
-    result = _child(args.config, args.steps, args.warmup, args.threads, not args.no_tune_allocator, args.fast)
+    result = _child(args.config, args.steps, args.warmup, args.threads, not args.no_tune_allocator, args.variant)
     print(json.dumps(result._asdict()))
 
 

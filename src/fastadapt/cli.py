@@ -5,7 +5,7 @@
     fastadapt recipes [show NAME]
     fastadapt plot RUN_DIR
     fastadapt data omniglot [--verify | --download]
-    fastadapt bench [--configs NAME ...] [--steps N] [--threads N] [--fast]
+    fastadapt bench [--configs NAME ...] [--steps N] [--threads N] [--fast] [--lean]
     fastadapt --version
 """
 
@@ -103,7 +103,7 @@ def _bench(args: argparse.Namespace) -> int:
     from fastadapt.bench import format_table, run
 
     results, peak = run(args.configs, steps=args.steps, warmup=args.warmup, threads=args.threads,
-                        allocator=not args.no_tune_allocator, fast=args.fast)
+                        allocator=not args.no_tune_allocator, fast=args.fast, lean=args.lean)
     print(format_table(results, peak, args.threads))
     return 0
 
@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-tune-allocator", action="store_true", help="leave glibc malloc at its defaults")
     bench.add_argument("--fast", action="store_true",
                        help="also time each config with the speed settings (bfloat16, task workers, channels-last)")
+    bench.add_argument("--lean", action="store_true",
+                       help="also time the speed settings without task workers (one task's graph at a time: "
+                            "less memory, slower; MAML and Reptile)")
     bench.set_defaults(handler=_bench)
     return parser
 
