@@ -77,7 +77,7 @@ def forward(
 
 def query_forward(
     model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor, precision: str,
-    channels_last: bool = False,
+    *, channels_last: bool = False,
 ) -> Tensor:
     """``forward`` of the query examples, under ``fastadapt.runtime.compute_precision(precision)``.
 
@@ -135,6 +135,7 @@ def adapt(
     loss_fn: LossFn,
     steps: int,
     lr: float | Mapping[str, Tensor],
+    *,
     first_order: bool = False,
     names: list[str] | None = None,
     buffers: Mapping[str, Tensor] | None = None,
@@ -215,6 +216,7 @@ def meta_batch_loss(
     loss_fn: LossFn,
     steps: int,
     lr: float | Mapping[str, Tensor],
+    *,
     first_order: bool = False,
     names: list[str] | None = None,
     batching: str = "loop",
@@ -251,10 +253,10 @@ def meta_batch_loss(
     losses_list, outputs_list = [], []
     for t in range(support_x.shape[0]):
         adapted = adapt(
-            model, params, support_x[t], support_y[t], loss_fn, steps, lr, first_order, names, buffers,
-            second_order_kernels,
+            model, params, support_x[t], support_y[t], loss_fn, steps, lr, first_order=first_order, names=names,
+            buffers=buffers, second_order_kernels=second_order_kernels,
         )
-        out = query_forward(model, adapted, buffers, query_x[t], precision, query_channels_last)
+        out = query_forward(model, adapted, buffers, query_x[t], precision, channels_last=query_channels_last)
         losses_list.append(loss_fn(out, query_y[t]))
         outputs_list.append(out)
     return torch.stack(losses_list).mean(), torch.stack(outputs_list)
@@ -278,6 +280,7 @@ def streamed_meta_loss(
     loss_fn: LossFn,
     steps: int,
     lr: float | Mapping[str, Tensor],
+    *,
     first_order: bool = False,
     names: list[str] | None = None,
     precision: str = "float32",
@@ -313,10 +316,10 @@ def streamed_meta_loss(
         losses, outputs = [], []
         for t in share:
             adapted = adapt(
-                replica, params, support_x[t], support_y[t], loss_fn, steps, lr, first_order, names, local,
-                second_order_kernels,
+                replica, params, support_x[t], support_y[t], loss_fn, steps, lr, first_order=first_order, names=names,
+                buffers=local, second_order_kernels=second_order_kernels,
             )
-            out = query_forward(replica, adapted, local, query_x[t], precision, query_channels_last)
+            out = query_forward(replica, adapted, local, query_x[t], precision, channels_last=query_channels_last)
             loss = loss_fn(out, query_y[t])
             if wrt:
                 grads = torch.autograd.grad(loss / tasks, wrt, allow_unused=True)
@@ -345,6 +348,7 @@ def adapted_predictions(
     loss_fn: LossFn,
     steps: int,
     lr: float | Mapping[str, Tensor],
+    *,
     names: list[str] | None = None,
     precision: str = "float32",
     workers: int = 1,
@@ -359,9 +363,14 @@ def adapted_predictions(
         local = {n: b.clone() for n, b in buffers.items()}
         outputs = []
         for t in share:
-            adapted = adapt(replica, params, support_x[t], support_y[t], loss_fn, steps, lr, True, names, local)
+            adapted = adapt(
+                replica, params, support_x[t], support_y[t], loss_fn, steps, lr, first_order=True, names=names,
+                buffers=local,
+            )
             with torch.no_grad():
-                outputs.append(query_forward(replica, adapted, local, query_x[t], precision, query_channels_last))
+                outputs.append(
+                    query_forward(replica, adapted, local, query_x[t], precision, channels_last=query_channels_last)
+                )
         return outputs
 
     return torch.stack([o for outs in map_shares(model, support_x.shape[0], workers, share_fn) for o in outs])
@@ -436,7 +445,7 @@ class InnerLoop:
 
     @classmethod
     def for_backbone(
-        cls, backbone: nn.Module, loss: str, steps: int, eval_steps: int | None, first_order: bool,
+        cls, backbone: nn.Module, *, loss: str, steps: int, eval_steps: int | None, first_order: bool,
         adapt: str | None, batching: str, precision: str = "float32", workers: int = 1,
         query_channels_last: bool = False, second_order_kernels: bool = False,
     ) -> InnerLoop:
@@ -446,8 +455,9 @@ class InnerLoop:
         names = select(dict(backbone.named_parameters()), adapt)
         eval_steps = steps if eval_steps is None else eval_steps
         loop = cls(
-            loss, steps, eval_steps, first_order, names, batching, precision, workers, query_channels_last,
-            second_order_kernels,
+            loss=loss, steps=steps, eval_steps=eval_steps, first_order=first_order, names=names, batching=batching,
+            precision=precision, workers=workers, query_channels_last=query_channels_last,
+            second_order_kernels=second_order_kernels,
         )
         if batching == "vmap" and not first_order and has_affine_batch_norm(backbone):
             raise ValueError(
@@ -462,16 +472,15 @@ class InnerLoop:
         ``"stream"``, else ``meta_batch_loss``)."""
         args = (
             backbone, dict(backbone.named_parameters()), buffer_copies(backbone),
-            batch.support_x, batch.support_y, batch.query_x, batch.query_y, loss_function(self.loss),
-            self.steps, lr, self.first_order, self.names,
+            batch.support_x, batch.support_y, batch.query_x, batch.query_y, loss_function(self.loss), self.steps, lr,
         )
+        options = {
+            "first_order": self.first_order, "names": self.names, "precision": self.precision,
+            "query_channels_last": self.query_channels_last, "second_order_kernels": self.second_order_kernels,
+        }
         if self.batching == "stream":
-            return streamed_meta_loss(
-                *args, self.precision, self.workers, self.query_channels_last, self.second_order_kernels
-            )
-        return meta_batch_loss(
-            *args, self.batching, self.precision, self.query_channels_last, self.second_order_kernels
-        )
+            return streamed_meta_loss(*args, workers=self.workers, **options)
+        return meta_batch_loss(*args, batching=self.batching, **options)
 
     def predict(
         self, backbone: nn.Module, support_x: Tensor, support_y: Tensor, query_x: Tensor, lr: float | Mapping[str, Tensor]
@@ -479,6 +488,6 @@ class InnerLoop:
         """Query outputs after ``eval_steps`` of adaptation (see ``adapted_predictions``)."""
         return adapted_predictions(
             backbone, dict(backbone.named_parameters()), buffer_copies(backbone), support_x, support_y,
-            query_x, loss_function(self.loss), self.eval_steps, lr, self.names, self.precision, self.workers,
-            self.query_channels_last,
+            query_x, loss_function(self.loss), self.eval_steps, lr, names=self.names, precision=self.precision,
+            workers=self.workers, query_channels_last=self.query_channels_last,
         )

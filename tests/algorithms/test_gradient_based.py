@@ -168,7 +168,7 @@ def test_adapt_with_tied_weights_is_functional_call_with_tie_weights(first_order
     x, y, qx, qy = b.support_x[0], b.support_y[0], b.query_x[0], b.query_y[0]
     params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
     buffers = {n: t.clone() for n, t in model.named_buffers()}
-    adapted = adapt(model, params, x, y, nn.functional.cross_entropy, 2, 0.3, first_order, buffers=buffers)
+    adapted = adapt(model, params, x, y, nn.functional.cross_entropy, 2, 0.3, first_order=first_order, buffers=buffers)
     reference = dict(params)
     for _ in range(2):
         out = torch.func.functional_call(model, {**buffers, **reference}, (x,))  # tie_weights=True

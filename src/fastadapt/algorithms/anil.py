@@ -44,8 +44,9 @@ class ANIL(nn.Module):
         super().__init__()
         self.backbone, self.inner_lr = backbone, inner_lr
         self.inner = InnerLoop.for_backbone(
-            backbone, loss, inner_steps, eval_inner_steps, first_order, head, task_batching, precision, task_workers,
-            query_channels_last,
+            backbone, loss=loss, steps=inner_steps, eval_steps=eval_inner_steps, first_order=first_order,
+            adapt=head, batching=task_batching, precision=precision, workers=task_workers,
+            query_channels_last=query_channels_last,
         )
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:

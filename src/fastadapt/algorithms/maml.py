@@ -82,8 +82,9 @@ class MAML(nn.Module):
         super().__init__()
         self.backbone, self.inner_lr = backbone, inner_lr
         self.inner = InnerLoop.for_backbone(
-            backbone, loss, inner_steps, eval_inner_steps, first_order, adapt, task_batching, precision, task_workers,
-            query_channels_last, second_order_kernels,
+            backbone, loss=loss, steps=inner_steps, eval_steps=eval_inner_steps, first_order=first_order,
+            adapt=adapt, batching=task_batching, precision=precision, workers=task_workers,
+            query_channels_last=query_channels_last, second_order_kernels=second_order_kernels,
         )
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:
