@@ -21,7 +21,6 @@ import ctypes
 import importlib
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -31,10 +30,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE / "peers"), str(HERE)]
 
-import torch  # noqa: E402
 from common import TUNED_MALLOC, append_row, environment  # noqa: E402
 
-from fastadapt.bench import CONFIGS, build_backbone, outer_optimizer, set_threads, synthetic_batch  # noqa: E402
+from fastadapt.bench import CONFIGS, measure, set_threads  # noqa: E402
 
 from run import VARIANTS as PEER_VARIANTS  # noqa: E402
 
@@ -71,18 +69,10 @@ def child(config_name: str, variant: str, steps: int, warmup: int) -> dict:
     lib.heap_track_peak_delta.restype = ctypes.c_long
     config = CONFIGS[config_name]
     side = importlib.import_module(VARIANTS[variant])
-    backbone = build_backbone(config)
-    backward = side.BACKWARD[config.algorithm](config, backbone)
-    batches = [synthetic_batch(config, seed) for seed in range(4)]
-    optimizer = outer_optimizer(config, list(backbone.parameters()))
-    for i in range(warmup + steps):
-        if i == warmup:
-            lib.heap_track_reset()
-        optimizer.zero_grad(set_to_none=True)
-        backward(batches[i % len(batches)])
-        optimizer.step()
+    measured = measure(config, lambda c, backbone: side.BACKWARD[c.algorithm](c, backbone), steps=steps,
+                       warmup=warmup, on_timed_start=lib.heap_track_reset, flops=False)
     delta = lib.heap_track_peak_delta()
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_rss = measured.peak_rss_mb
     key, start, peak, top = ctypes.c_size_t(), ctypes.c_long(), ctypes.c_long(), ctypes.c_size_t()
     heaps, base = [], main_heap_start()
     for i in range(HEAPS):

@@ -87,3 +87,17 @@ def test_protonet_step_flops_match_hand_count():
     cross = 2 * tasks * n_query * d * ways  # z_query @ protos^T, and its gradients w.r.t. both sides
     assert flops == 2 * linear + 2 * protos + 3 * cross
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in backbone.parameters())
+
+
+def test_measure_opens_the_timed_window_after_warmup_and_can_skip_flop_counting():
+    config = BenchConfig("protonet", 3, 2, 4, 2, example_shape=(5,))
+    events = []
+
+    def make_backward(config, _backbone):
+        backbone = nn.Linear(5, 7)  # the Conv-4 that measure builds takes images, not (5,) vectors
+        inner = fastadapt_backward(config, backbone)
+        return lambda batch: (events.append("step"), inner(batch))
+
+    m = bench.measure(config, make_backward, steps=2, warmup=3, on_timed_start=lambda: events.append("open"), flops=False)
+    assert events == ["step"] * 3 + ["open"] + ["step"] * 2
+    assert len(m.times) == 2 and m.flops == 0 and m.peak_rss_mb > 0

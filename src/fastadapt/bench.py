@@ -268,6 +268,8 @@ def measure(
     steps: int = 3,
     warmup: int = 1,
     pool: int = 4,
+    on_timed_start: Callable[[], object] | None = None,
+    flops: bool = True,
 ) -> Measurement:
     """Time ``steps`` training steps after ``warmup`` untimed ones, in this process.
 
@@ -278,6 +280,9 @@ def measure(
         make_backward: ``(config, backbone) -> backward``, where ``backward(batch)`` leaves
             the meta-gradient in the backbone parameters' ``.grad``.
         pool: distinct seeded meta-batches cycled through (seeds ``0..pool-1``).
+        on_timed_start: called once, right before the first timed step (e.g. to open a
+            measurement window of an external counter).
+        flops: count the FLOPs of one step (``False``: ``Measurement.flops`` is 0).
     """
     backbone = build_backbone(config)
     backward = make_backward(config, backbone)
@@ -292,13 +297,15 @@ def measure(
 
     times = []
     for i in range(warmup + steps):
+        if i == warmup and on_timed_start is not None:
+            on_timed_start()
         start = time.perf_counter()
         step(i)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     optimizer.zero_grad(set_to_none=True)
-    return Measurement(times, count_flops(lambda: backward(batches[0])), peak)
+    return Measurement(times, count_flops(lambda: backward(batches[0])) if flops else 0, peak)
 
 
 class BenchResult(NamedTuple):
