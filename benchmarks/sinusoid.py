@@ -22,7 +22,7 @@ from common import append_row, environment
 
 from fastadapt.engine import evaluate, train
 from fastadapt.engine.build import build_source
-from fastadapt.engine.trainer import load_for_eval
+from fastadapt.engine.runs import load_for_eval
 
 PAPER = {"sinusoid/maml": {1: 0.67, 5: 0.38, 10: 0.35}, "sinusoid/pretrain": {1: 2.41, 5: 2.23, 10: 2.19}}
 STEP_SIZES = (0.001, 0.003, 0.01, 0.02, 0.05, 0.1)

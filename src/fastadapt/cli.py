@@ -22,7 +22,8 @@ DATASETS = ("omniglot",)
 
 def _train(args: argparse.Namespace) -> int:
     from fastadapt.engine.distributed import detect
-    from fastadapt.engine.trainer import describe, train
+    from fastadapt.engine.runs import describe
+    from fastadapt.engine.trainer import train
 
     if args.resume is None and args.recipe is None:
         raise ValueError("give a recipe to train (see `fastadapt recipes`) or --resume RUN_DIR")
@@ -42,7 +43,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from fastadapt.engine.distributed import detect
-    from fastadapt.engine.trainer import describe, evaluate_run
+    from fastadapt.engine.runs import describe, evaluate_run
 
     if args.ways or args.shots:
         from fastadapt.engine.grid import evaluate_grid, grid_table

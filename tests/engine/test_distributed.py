@@ -20,7 +20,7 @@ import torch
 from fastadapt.engine import distributed, evaluate_run, train
 from fastadapt.engine.checkpoint import load_checkpoint
 from fastadapt.engine.metrics_log import read_metrics
-from fastadapt.engine.trainer import describe
+from fastadapt.engine.runs import describe
 from fastadapt.engine.grid import evaluate_grid
 
 SMALL = [

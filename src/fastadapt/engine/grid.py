@@ -16,7 +16,7 @@ from pathlib import Path
 from fastadapt.config import Config, apply_overrides
 from fastadapt.engine import build, distributed
 from fastadapt.engine.evaluate import EvalResult
-from fastadapt.engine.trainer import load_on_ranks, run_protocol
+from fastadapt.engine.runs import load_on_ranks, run_protocol
 from fastadapt.tasks.sampler import EpisodeSampler
 
 GRID_FILE = "eval_grid.json"
