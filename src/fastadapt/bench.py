@@ -173,12 +173,18 @@ def speed_options(config: BenchConfig, workers: bool = True) -> dict[str, Any]:
     Reptile: ``task_workers`` (plus channels-last parameters: faster convolutions with one
     intra-op thread per worker; it has no reduced-precision option).
     """
-    threads = {"task_workers": torch.get_num_threads()} if workers else {}
-    maml = {"precision": "bfloat16", "query_channels_last": True} | threads
+    options: dict[str, Any] = {
+        "maml": {"precision": "bfloat16", "query_channels_last": True}, "protonet": {"precision": "bfloat16"},
+    }.get(config.algorithm, {})
+    if workers and config.algorithm in TASK_WORKERS:
+        options["task_workers"] = torch.get_num_threads()
     if _second_order_maml(config) and kernels_available():
-        maml["second_order_kernels"] = True
-    options = {"maml": maml, "protonet": {"precision": "bfloat16"}, "reptile": threads}
-    return options.get(config.algorithm, {})
+        options["second_order_kernels"] = True
+    return options
+
+
+TASK_WORKERS = ("maml", "reptile")
+"""Algorithms whose speed settings split the tasks of a meta-batch over threads (``task_workers``)."""
 
 
 CHANNELS_LAST = ("protonet", "reptile")
@@ -205,7 +211,7 @@ VARIANTS: dict[str, Callable[[BenchConfig, nn.Module], Backward]] = {
 
 def has_lean_variant(config: BenchConfig) -> bool:
     """Whether ``lean_backward`` differs from ``fast_backward`` for ``config`` (its speed settings have workers)."""
-    return "task_workers" in speed_options(config)
+    return config.algorithm in TASK_WORKERS
 
 
 def outer_optimizer(config: BenchConfig, params: Sequence[Tensor]) -> torch.optim.Optimizer:
