@@ -30,10 +30,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from fastadapt.double_backward import explicit_double_backward, load_kernels
+from fastadapt.inner_checkpoint import Params, StepFn, checkpointed_steps
 from fastadapt.runtime import check_precision, compute_precision
 from fastadapt.task_parallel import check_workers, map_shares
 
-Params = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -106,10 +106,16 @@ def query_forward(
     return out.to(x.dtype)
 
 
-def check_vmap_options(batching: str, query_channels_last: bool, second_order_kernels: bool = False) -> None:
+def check_vmap_options(
+    batching: str, query_channels_last: bool, second_order_kernels: bool = False, checkpoint: bool = False
+) -> None:
     """Raise for options ``"vmap"`` cannot run: ``query_channels_last`` (no memory-format clones
-    under vmap) and ``second_order_kernels`` (compiled autograd functions have no vmap rule)."""
-    for name, value in (("query_channels_last", query_channels_last), ("second_order_kernels", second_order_kernels)):
+    under vmap), ``second_order_kernels`` and ``checkpoint`` (autograd functions without a vmap rule)."""
+    options = (
+        ("query_channels_last", query_channels_last), ("second_order_kernels", second_order_kernels),
+        ("inner_checkpoint", checkpoint),
+    )
+    for name, value in options:
         if value and batching == "vmap":
             raise ValueError(f"{name} needs task_batching 'stream' or 'loop', got 'vmap'")
 
@@ -140,6 +146,7 @@ def adapt(
     names: list[str] | None = None,
     buffers: Mapping[str, Tensor] | None = None,
     second_order_kernels: bool = False,
+    checkpoint: bool = False,
 ) -> Params:
     """Adapt ``params`` to one task by ``steps`` steps of gradient descent on the support loss.
 
@@ -158,6 +165,10 @@ def adapt(
             support passes under ``fastadapt.double_backward.explicit_double_backward()``:
             compiled convolution/BatchNorm functions with an explicit double backward
             (same derivatives, fewer and cheaper operations).
+        checkpoint: when the steps are differentiable, keep one step's graph alive instead of
+            all ``steps``: each step is recomputed in the backward
+            (``fastadapt.inner_checkpoint.checkpointed_steps``; the returned parameters are then
+            differentiable once, not to higher order).
 
     Returns:
         The adapted parameters (all of ``params``, the non-adapted ones unchanged).
@@ -169,17 +180,32 @@ def adapt(
     buffers = {} if buffers is None else buffers
     create_graph = not first_order and torch.is_grad_enabled()
     kernels = second_order_kernels and create_graph
-    aliases = tensor_aliases(model)
+    step = inner_step(model, support_x, support_y, loss_fn, names, tensor_aliases(model), kernels)
     with torch.enable_grad():
+        if checkpoint and create_graph and steps:
+            return checkpointed_steps(step, params, buffers, lr, steps, names)
         for _ in range(steps):
-            with explicit_double_backward(kernels):
-                out = forward(model, params, buffers, support_x, aliases)
-            loss = loss_fn(out, support_y)
-            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
-            for name, grad in zip(names, grads):
-                step = lr[name] if isinstance(lr, Mapping) else lr
-                params[name] = params[name] - step * grad
+            params = step(params, buffers, lr, create_graph)
     return params
+
+
+def inner_step(
+    model: nn.Module, support_x: Tensor, support_y: Tensor, loss_fn: LossFn, names: list[str],
+    aliases: Mapping[str, str], second_order_kernels: bool = False,
+) -> StepFn:
+    """One step of ``adapt`` as ``step(params, buffers, lr, create_graph) -> params`` (the entries
+    ``names`` moved by ``-lr * grad`` of the support loss; ``buffers`` updated by the forward pass)."""
+
+    def step(params: Params, buffers: Mapping[str, Tensor], lr: float | Mapping[str, Tensor], create_graph: bool) -> Params:
+        with explicit_double_backward(second_order_kernels and create_graph):
+            out = forward(model, params, buffers, support_x, aliases)
+        grads = torch.autograd.grad(loss_fn(out, support_y), [params[n] for n in names], create_graph=create_graph)
+        new = dict(params)
+        for name, grad in zip(names, grads):
+            new[name] = params[name] - (lr[name] if isinstance(lr, Mapping) else lr) * grad
+        return new
+
+    return step
 
 
 def _vmap_task_losses(
@@ -223,6 +249,7 @@ def meta_batch_loss(
     precision: str = "float32",
     query_channels_last: bool = False,
     second_order_kernels: bool = False,
+    checkpoint: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Mean query loss after adapting to each task of a meta-batch, and the query outputs.
 
@@ -234,14 +261,14 @@ def meta_batch_loss(
             always runs in the parameters' precision.
         query_channels_last: the query passes on NHWC copies of the parameters
             (``query_forward``'s ``channels_last``; not with ``"vmap"``).
-        second_order_kernels: as in ``adapt`` (not with ``"vmap"``).
+        second_order_kernels, checkpoint: as in ``adapt`` (not with ``"vmap"``).
         The other arguments are those of ``adapt``.
 
     Returns:
         The scalar mean query loss and the query outputs ``(B, N_q, ...)``.
     """
     names = list(params) if names is None else names
-    check_vmap_options(batching, query_channels_last, second_order_kernels)
+    check_vmap_options(batching, query_channels_last, second_order_kernels, checkpoint)
     if batching == "vmap":
         losses, outputs = _vmap_task_losses(
             model, params, buffers, (support_x, support_y, query_x, query_y), loss_fn, steps, lr, first_order, names,
@@ -254,7 +281,7 @@ def meta_batch_loss(
     for t in range(support_x.shape[0]):
         adapted = adapt(
             model, params, support_x[t], support_y[t], loss_fn, steps, lr, first_order=first_order, names=names,
-            buffers=buffers, second_order_kernels=second_order_kernels,
+            buffers=buffers, second_order_kernels=second_order_kernels, checkpoint=checkpoint,
         )
         out = query_forward(model, adapted, buffers, query_x[t], precision, channels_last=query_channels_last)
         losses_list.append(loss_fn(out, query_y[t]))
@@ -287,6 +314,7 @@ def streamed_meta_loss(
     workers: int = 1,
     query_channels_last: bool = False,
     second_order_kernels: bool = False,
+    checkpoint: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``meta_batch_loss`` with each task's meta-gradient taken as soon as its query loss exists.
 
@@ -317,7 +345,7 @@ def streamed_meta_loss(
         for t in share:
             adapted = adapt(
                 replica, params, support_x[t], support_y[t], loss_fn, steps, lr, first_order=first_order, names=names,
-                buffers=local, second_order_kernels=second_order_kernels,
+                buffers=local, second_order_kernels=second_order_kernels, checkpoint=checkpoint,
             )
             out = query_forward(replica, adapted, local, query_x[t], precision, channels_last=query_channels_last)
             loss = loss_fn(out, query_y[t])
@@ -416,6 +444,8 @@ class InnerLoop:
         second_order_kernels: the second-order support passes under
             ``fastadapt.double_backward.explicit_double_backward()`` (``adapt``); compiled on
             construction, raising if that is impossible here.
+        checkpoint: second-order inner steps recomputed in the backward, one step's graph alive
+            at a time (``adapt``; not with ``"vmap"``).
     """
 
     loss: str
@@ -428,6 +458,7 @@ class InnerLoop:
     workers: int = 1
     query_channels_last: bool = False
     second_order_kernels: bool = False
+    checkpoint: bool = False
 
     def __post_init__(self) -> None:
         loss_function(self.loss)
@@ -437,7 +468,7 @@ class InnerLoop:
             raise ValueError(f"task_batching must be one of {BATCHINGS}, got {self.batching!r}")
         check_precision(self.precision)
         check_workers(self.workers)
-        check_vmap_options(self.batching, self.query_channels_last, self.second_order_kernels)
+        check_vmap_options(self.batching, self.query_channels_last, self.second_order_kernels, self.checkpoint)
         if self.second_order_kernels:
             load_kernels()
         if self.workers > 1 and self.batching != "stream":
@@ -447,7 +478,7 @@ class InnerLoop:
     def for_backbone(
         cls, backbone: nn.Module, *, loss: str, steps: int, eval_steps: int | None, first_order: bool,
         adapt: str | None, batching: str, precision: str = "float32", workers: int = 1,
-        query_channels_last: bool = False, second_order_kernels: bool = False,
+        query_channels_last: bool = False, second_order_kernels: bool = False, checkpoint: bool = False,
     ) -> InnerLoop:
         """Settings checked against ``backbone``: ``adapt`` (a name pattern) selects the adapted
         parameters, ``eval_steps=None`` means ``steps``, and ``vmap`` is refused where torch <= 2.13
@@ -457,7 +488,7 @@ class InnerLoop:
         loop = cls(
             loss=loss, steps=steps, eval_steps=eval_steps, first_order=first_order, names=names, batching=batching,
             precision=precision, workers=workers, query_channels_last=query_channels_last,
-            second_order_kernels=second_order_kernels,
+            second_order_kernels=second_order_kernels, checkpoint=checkpoint,
         )
         if batching == "vmap" and not first_order and has_affine_batch_norm(backbone):
             raise ValueError(
@@ -477,6 +508,7 @@ class InnerLoop:
         options = {
             "first_order": self.first_order, "names": self.names, "precision": self.precision,
             "query_channels_last": self.query_channels_last, "second_order_kernels": self.second_order_kernels,
+            "checkpoint": self.checkpoint,
         }
         if self.batching == "stream":
             return streamed_meta_loss(*args, workers=self.workers, **options)

@@ -384,6 +384,34 @@ def test_second_order_kernels_are_refused_with_vmap():
              second_order_kernels=True)
 
 
+@pytest.mark.parametrize("batching, workers", [("stream", 1), ("stream", 2), ("loop", 1)])
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd"])
+@pytest.mark.parametrize("kernels", [False, True], ids=["autograd", "kernels"])
+def test_inner_checkpoint_gives_the_same_meta_gradient(name, batching, workers, kernels):
+    # Conv-4 with batch-statistics BatchNorm, 2 inner steps, float64; with and without the compiled kernels.
+    b = batch(tasks=3, image=True)
+    results = []
+    for checkpoint in (False, True):
+        results.append(_meta_step_with(
+            name, batching, workers, b, lambda o: None, checkpoint=checkpoint, second_order_kernels=kernels
+        ))
+    (loss, logits, grads, predictions), (loss_c, logits_c, grads_c, predictions_c) = results
+    torch.testing.assert_close(loss_c, loss, rtol=1e-12, atol=0)
+    torch.testing.assert_close(logits_c, logits, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(predictions_c, predictions, rtol=0, atol=0)
+    for a, g in zip(grads_c, grads):
+        torch.testing.assert_close(a, g, rtol=1e-9, atol=1e-12)
+
+
+def test_inner_checkpoint_is_an_algorithm_argument_and_refused_with_vmap():
+    backbone = create_model("conv4", hidden=4, bn="none", image_size=16, out_features=3)
+    assert MAML(backbone, inner_checkpoint=True).inner.checkpoint
+    assert MetaSGD(backbone, inner_checkpoint=True).inner.checkpoint
+    assert ANIL(backbone, inner_checkpoint=True).inner.checkpoint
+    with pytest.raises(ValueError, match="inner_checkpoint needs task_batching"):
+        MAML(backbone, task_batching="vmap", inner_checkpoint=True)
+
+
 def test_stream_loss_is_the_plain_mean_loss_under_no_grad():
     b = batch(tasks=3, image=True)
     model = _learner("maml", "stream", 2)

@@ -62,6 +62,10 @@ class MAML(nn.Module):
             construction): same meta-gradients up to rounding; a MAML 20-way 5-step step 1.34x,
             5-way 1-step 1.04x with the other speed settings (``benchmarks/README.md``, ablation
             table); no effect with ``first_order``.
+        inner_checkpoint: recompute each second-order inner step in the backward instead of
+            keeping all ``inner_steps`` steps' graphs (``fastadapt.inner_checkpoint``): a task's
+            peak memory is one step's graph, each step's forward and first backward run twice;
+            same meta-gradients up to rounding; no effect with ``first_order``; not with ``"vmap"``.
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class MAML(nn.Module):
         task_workers: int = 1,
         query_channels_last: bool = False,
         second_order_kernels: bool = False,
+        inner_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         self.backbone, self.inner_lr = backbone, inner_lr
@@ -85,6 +90,7 @@ class MAML(nn.Module):
             backbone, loss=loss, steps=inner_steps, eval_steps=eval_inner_steps, first_order=first_order,
             adapt=adapt, batching=task_batching, precision=precision, workers=task_workers,
             query_channels_last=query_channels_last, second_order_kernels=second_order_kernels,
+            checkpoint=inner_checkpoint,
         )
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:

@@ -30,7 +30,8 @@ class MetaSGD(nn.Module):
         inner_lr: initial value of every learned learning rate (the paper draws them
             from U[0.005, 0.1]; a constant start is deterministic and works as well).
         inner_steps, eval_inner_steps, first_order, adapt, loss, task_batching, precision,
-            task_workers, query_channels_last, second_order_kernels: as in ``MAML``.
+            task_workers, query_channels_last, second_order_kernels, inner_checkpoint: as in ``MAML``
+            (with ``inner_checkpoint`` the learned learning rates' gradients are recomputed too).
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class MetaSGD(nn.Module):
         task_workers: int = 1,
         query_channels_last: bool = False,
         second_order_kernels: bool = False,
+        inner_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -54,6 +56,7 @@ class MetaSGD(nn.Module):
             backbone, loss=loss, steps=inner_steps, eval_steps=eval_inner_steps, first_order=first_order,
             adapt=adapt, batching=task_batching, precision=precision, workers=task_workers,
             query_channels_last=query_channels_last, second_order_kernels=second_order_kernels,
+            checkpoint=inner_checkpoint,
         )
         params = dict(backbone.named_parameters())
         self.lrs = nn.ParameterDict(
