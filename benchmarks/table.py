@@ -146,9 +146,27 @@ def heap() -> str:
     return table(latest("heap"))
 
 
+def inner_checkpoint() -> str:
+    """``benchmarks/inner_checkpoint.py`` (latest commit's rows; ratios against the plain loop of the same inner steps)."""
+    rows = latest("inner_checkpoint")
+    plain = {r["inner_steps"]: r for r in rows if r["variant"] == "plain"}
+    lines = ["| config | inner steps | variant | median ms / step (min-max) | vs plain | peak RSS MB (vs plain) | "
+             "saved-tensor peak MB | threads | commit |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        base = plain.get(r["inner_steps"])
+        speed = f"{base['median_s'] / r['median_s']:.2f}x" if base else ""
+        rss = f" ({r['peak_rss_mb'] - base['peak_rss_mb']:+.0f})" if base else ""
+        saved = "" if r["saved_peak_mb"] is None else f"{r['saved_peak_mb']:.1f}"
+        lines.append(f"| {r['config']} | {r['inner_steps']} | {r['variant']} | {1e3 * r['median_s']:.0f} "
+                     f"({1e3 * r['min_s']:.0f}-{1e3 * r['max_s']:.0f}) | {speed} | {r['peak_rss_mb']:.0f}{rss} | {saved} | "
+                     f"{r['threads']} | {r['commit']} |")
+    return "\n".join(lines)
+
+
 TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching": task_batching, "peers": peers,
           "distributed": distributed, "precision": precision, "ablation": ablation, "functional_call": functional_call,
-          "heap": heap}
+          "heap": heap, "inner_checkpoint": inner_checkpoint}
 
 
 def main() -> None:
