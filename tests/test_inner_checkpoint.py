@@ -120,6 +120,16 @@ def test_checkpointing_keeps_one_inner_step_graph_alive():
     assert peaks[6, True] * 3 < peaks[6, False]
 
 
+def test_a_second_derivative_through_the_checkpointed_steps_raises():
+    model = _conv_net()
+    x, y, qx, qy = _data()
+    params = dict(model.named_parameters())
+    new = adapt(model, params, x, y, nn.functional.cross_entropy, 2, 0.3, checkpoint=True)
+    loss = nn.functional.cross_entropy(torch.func.functional_call(model, new, (qx,)), qy)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(loss, list(params.values()), create_graph=True)
+
+
 def test_checkpointed_steps_need_a_step():
     with pytest.raises(ValueError, match="steps >= 1, got 0"):
         checkpointed_steps(lambda p, b, lr, g: p, {"w": torch.zeros(1)}, {}, 0.1, 0, ["w"])

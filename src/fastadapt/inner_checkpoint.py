@@ -14,8 +14,8 @@ checkpointing with every step a checkpoint). The meta-gradient is the same as wi
 it up to the order of floating-point sums.
 
 The outer derivative is taken once: the returned parameters are differentiable with respect
-to the initial parameters and learned step sizes (a meta-gradient), not twice (no
-``create_graph`` through the meta-gradient).
+to the initial parameters and learned step sizes (a meta-gradient), not twice: a backward
+through them with ``create_graph=True`` raises.
 """
 
 from __future__ import annotations
@@ -84,6 +84,11 @@ class _CheckpointedSteps(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, *grad_adapted: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        if torch.is_grad_enabled():  # the caller asked for create_graph=True
+            raise RuntimeError(
+                "inner_checkpoint: the meta-gradient through checkpointed inner steps is differentiable once; "
+                "create_graph=True through it is not supported (use inner_checkpoint=False)"
+            )
         run: _Run = ctx.run
         inputs = ctx.saved_tensors
         count = len(run.param_names)

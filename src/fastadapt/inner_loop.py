@@ -168,7 +168,7 @@ def adapt(
         checkpoint: when the steps are differentiable, keep one step's graph alive instead of
             all ``steps``: each step is recomputed in the backward
             (``fastadapt.inner_checkpoint.checkpointed_steps``; the returned parameters are then
-            differentiable once, not to higher order).
+            differentiable once: a backward through them with ``create_graph=True`` raises).
 
     Returns:
         The adapted parameters (all of ``params``, the non-adapted ones unchanged).
