@@ -120,6 +120,21 @@ def test_checkpointing_keeps_one_inner_step_graph_alive():
     assert peaks[6, True] * 3 < peaks[6, False]
 
 
+def test_a_second_backward_with_retain_graph_rebuilds_the_kept_last_step():
+    grads = {}
+    for checkpoint in (False, True):
+        model = _conv_net()
+        x, y, qx, qy = _data()
+        new = adapt(model, dict(model.named_parameters()), x, y, nn.functional.cross_entropy, 3, 0.3,
+                    buffers={n: b.clone() for n, b in model.named_buffers()}, checkpoint=checkpoint)
+        loss = nn.functional.cross_entropy(torch.func.functional_call(model, new, (qx,)), qy)
+        loss.backward(retain_graph=True)
+        loss.backward()
+        grads[checkpoint] = [p.grad for p in model.parameters()]
+    for a, g in zip(grads[True], grads[False]):
+        torch.testing.assert_close(a, g, rtol=1e-10, atol=1e-13)
+
+
 def test_a_second_derivative_through_the_checkpointed_steps_raises():
     model = _conv_net()
     x, y, qx, qy = _data()

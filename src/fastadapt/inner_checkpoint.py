@@ -64,19 +64,49 @@ def _snapshot(adapted: Params, buffers: Mapping[str, Tensor], device: torch.devi
     return _StepStart(adapted, {n: b.clone() for n, b in buffers.items()}, torch.get_rng_state(), device_rng)
 
 
+def _wanted(run: _Run, needs: tuple[bool, ...]) -> tuple[list[str], list[str]]:
+    """The non-adapted parameters and learned step sizes whose gradient the caller needs."""
+    count = len(run.param_names)
+    fixed = [n for i, n in enumerate(run.param_names) if n not in run.names and needs[i]]
+    return fixed, [n for i, n in enumerate(run.lr_names) if needs[count + i]]
+
+
+def _graph_step(
+    run: _Run, adapted: Params, params: Params, lr_values: Params, fixed: list[str], learned: list[str],
+    buffers: Mapping[str, Tensor],
+) -> tuple[list[Tensor], list[Tensor]]:
+    """One step with its graph (``create_graph=True``) from fresh leaves: the leaves (adapted
+    parameters, then ``fixed``, then ``learned``) and the step's new adapted values."""
+    leaves = {n: t.detach().requires_grad_() for n, t in adapted.items()}
+    fixed_leaves = {n: params[n].detach().requires_grad_() for n in fixed}
+    lr_leaves = {n: lr_values[n].detach().requires_grad_() for n in learned}
+    lr = run.lr if run.lr is not None else {**lr_values, **lr_leaves}
+    new = run.step({**params, **fixed_leaves, **leaves}, buffers, lr, True)
+    return [*leaves.values(), *fixed_leaves.values(), *lr_leaves.values()], [new[n] for n in run.names]
+
+
 class _CheckpointedSteps(torch.autograd.Function):
+    """K inner steps; the backward rebuilds steps K-2 ... 0 one at a time. The last step is run
+    with its graph in the forward and that graph kept (the backward's first step: rebuilding it
+    would cost a step and save nothing, since the backward holds one step's graph anyway)."""
+
     @staticmethod
     def forward(ctx: Any, run: _Run, *inputs: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
         count = len(run.param_names)
         params = {n: t.detach() for n, t in zip(run.param_names, inputs[:count])}
-        lr = run.lr if run.lr is not None else {n: t.detach() for n, t in zip(run.lr_names, inputs[count:])}
+        lr_values = {n: t.detach() for n, t in zip(run.lr_names, inputs[count:])}
+        fixed, learned = _wanted(run, ctx.needs_input_grad[1:])
         device, starts = _device(inputs), []
         adapted = {n: params[n] for n in run.names}
         with torch.enable_grad():
-            for _ in range(run.steps):
+            for step in range(run.steps):
                 starts.append(_snapshot(adapted, run.buffers, device))
+                if step == run.steps - 1:
+                    ctx.kept = _graph_step(run, adapted, params, lr_values, fixed, learned, run.buffers)
+                    adapted = {n: t.detach() for n, t in zip(run.names, ctx.kept[1])}
+                    break
                 leaves = {n: t.detach().requires_grad_() for n, t in adapted.items()}
-                new = run.step({**params, **leaves}, run.buffers, lr, False)
+                new = run.step({**params, **leaves}, run.buffers, run.lr if run.lr is not None else lr_values, False)
                 adapted = {n: new[n].detach() for n in run.names}
         ctx.run, ctx.starts, ctx.device = run, starts, device
         ctx.save_for_backward(*inputs)
@@ -91,29 +121,30 @@ class _CheckpointedSteps(torch.autograd.Function):
             )
         run: _Run = ctx.run
         inputs = ctx.saved_tensors
-        count = len(run.param_names)
+        count, adapted_count = len(run.param_names), len(run.names)
         needs = ctx.needs_input_grad[1:]
-        fixed = [n for i, n in enumerate(run.param_names) if n not in run.names and needs[i]]
-        learned = [n for i, n in enumerate(run.lr_names) if needs[count + i]]
+        fixed, learned = _wanted(run, needs)
         params = {n: t.detach() for n, t in zip(run.param_names, inputs[:count])}
         lr_values = {n: t.detach() for n, t in zip(run.lr_names, inputs[count:])}
+        kept, ctx.kept = ctx.kept, None  # a second backward (retain_graph) rebuilds the last step too
         upstream = list(grad_adapted)
         totals: dict[str, Tensor] = {}
-        for start in reversed(ctx.starts):
-            with torch.enable_grad(), torch.random.fork_rng(devices=[ctx.device] if start.device_rng is not None else []):
-                torch.set_rng_state(start.rng)
-                if start.device_rng is not None:
-                    torch.cuda.set_rng_state(start.device_rng, ctx.device)
-                leaves = {n: t.detach().requires_grad_() for n, t in start.adapted.items()}
-                fixed_leaves = {n: params[n].detach().requires_grad_() for n in fixed}
-                lr_leaves = {n: lr_values[n].detach().requires_grad_() for n in learned}
-                lr = run.lr if run.lr is not None else {**lr_values, **lr_leaves}
-                buffers = {n: b.clone() for n, b in start.buffers.items()}
-                new = run.step({**params, **fixed_leaves, **leaves}, buffers, lr, True)
-                wrt = [*leaves.values(), *fixed_leaves.values(), *lr_leaves.values()]
-                grads = torch.autograd.grad([new[n] for n in run.names], wrt, upstream, allow_unused=True)
-            upstream = [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, leaves.values())]
-            for name, grad in zip([*fixed, *learned], grads[len(leaves):]):
+        for step in reversed(range(run.steps)):
+            start = ctx.starts[step]
+            if step == run.steps - 1 and kept is not None:
+                wrt, outputs = kept
+                grads = torch.autograd.grad(outputs, wrt, upstream, allow_unused=True)
+            else:
+                devices = [ctx.device] if start.device_rng is not None else []
+                with torch.enable_grad(), torch.random.fork_rng(devices=devices):
+                    torch.set_rng_state(start.rng)
+                    if start.device_rng is not None:
+                        torch.cuda.set_rng_state(start.device_rng, ctx.device)
+                    buffers = {n: b.clone() for n, b in start.buffers.items()}
+                    wrt, outputs = _graph_step(run, start.adapted, params, lr_values, fixed, learned, buffers)
+                    grads = torch.autograd.grad(outputs, wrt, upstream, allow_unused=True)
+            upstream = [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, wrt[:adapted_count])]
+            for name, grad in zip([*fixed, *learned], grads[adapted_count:]):
                 if grad is not None:
                     totals[name] = grad if name not in totals else totals[name] + grad
         by_name = dict(zip(run.names, upstream))
