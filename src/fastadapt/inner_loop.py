@@ -165,8 +165,8 @@ def adapt(
             support passes under ``fastadapt.double_backward.explicit_double_backward()``:
             compiled convolution/BatchNorm functions with an explicit double backward
             (same derivatives, fewer and cheaper operations).
-        checkpoint: when the steps are differentiable, keep one step's graph alive instead of
-            all ``steps``: each step is recomputed in the backward
+        checkpoint: when the steps are differentiable, hold what a one-step loop holds instead
+            of all ``steps`` steps' graphs: the steps but the last are rebuilt in the backward
             (``fastadapt.inner_checkpoint.checkpointed_steps``; the returned parameters are then
             differentiable once: a backward through them with ``create_graph=True`` raises).
 
@@ -444,8 +444,8 @@ class InnerLoop:
         second_order_kernels: the second-order support passes under
             ``fastadapt.double_backward.explicit_double_backward()`` (``adapt``); compiled on
             construction, raising if that is impossible here.
-        checkpoint: second-order inner steps recomputed in the backward, one step's graph alive
-            at a time (``adapt``; not with ``"vmap"``).
+        checkpoint: second-order inner steps rebuilt one at a time in the backward (``adapt``;
+            not with ``"vmap"``).
     """
 
     loss: str

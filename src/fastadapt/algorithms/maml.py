@@ -62,10 +62,12 @@ class MAML(nn.Module):
             construction): same meta-gradients up to rounding; a MAML 20-way 5-step step 1.34x,
             5-way 1-step 1.04x with the other speed settings (``benchmarks/README.md``, ablation
             table); no effect with ``first_order``.
-        inner_checkpoint: recompute each second-order inner step in the backward instead of
-            keeping all ``inner_steps`` steps' graphs (``fastadapt.inner_checkpoint``): a task's
-            peak memory is one step's graph, each step's forward and first backward run twice;
-            same meta-gradients up to rounding; no effect with ``first_order``; not with ``"vmap"``.
+        inner_checkpoint: rebuild the second-order inner steps one at a time in the backward
+            instead of keeping all ``inner_steps`` steps' graphs (``fastadapt.inner_checkpoint``):
+            a task holds what a one-step loop holds, all steps but the last run their forward and
+            first backward twice (MAML 20-way 5-step: 33 -> 11 MB of saved tensors, 1.18x the step
+            time; ``benchmarks/README.md``); same meta-gradients up to rounding; differentiable
+            once; no effect with ``first_order``; not with ``"vmap"``.
     """
 
     def __init__(
