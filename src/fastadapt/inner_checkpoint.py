@@ -67,6 +67,17 @@ def _snapshot(adapted: Params, buffers: Mapping[str, Tensor], device: torch.devi
     return _StepStart(adapted, {n: b.clone() for n, b in buffers.items()}, torch.get_rng_state(), device_rng)
 
 
+def _split(run: _Run, inputs: tuple[Tensor, ...]) -> tuple[Params, Params]:
+    """The function's inputs as detached parameters and learned step sizes, by name."""
+    count = len(run.param_names)
+    params = {n: t.detach() for n, t in zip(run.param_names, inputs[:count])}
+    return params, {n: t.detach() for n, t in zip(run.lr_names, inputs[count:])}
+
+
+def _step_sizes(run: _Run, lr_values: Params) -> float | Params:
+    return run.lr if run.lr is not None else lr_values
+
+
 def _wanted(run: _Run, needs: tuple[bool, ...]) -> tuple[list[str], list[str]]:
     """The non-adapted parameters and learned step sizes whose gradient the caller needs."""
     count = len(run.param_names)
@@ -83,8 +94,7 @@ def _graph_step(
     leaves = {n: t.detach().requires_grad_() for n, t in adapted.items()}
     fixed_leaves = {n: params[n].detach().requires_grad_() for n in fixed}
     lr_leaves = {n: lr_values[n].detach().requires_grad_() for n in learned}
-    lr = run.lr if run.lr is not None else {**lr_values, **lr_leaves}
-    new = run.step({**params, **fixed_leaves, **leaves}, buffers, lr, True)
+    new = run.step({**params, **fixed_leaves, **leaves}, buffers, _step_sizes(run, {**lr_values, **lr_leaves}), True)
     return [*leaves.values(), *fixed_leaves.values(), *lr_leaves.values()], [new[n] for n in run.names]
 
 
@@ -95,9 +105,7 @@ class _CheckpointedSteps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, run: _Run, *inputs: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
-        count = len(run.param_names)
-        params = {n: t.detach() for n, t in zip(run.param_names, inputs[:count])}
-        lr_values = {n: t.detach() for n, t in zip(run.lr_names, inputs[count:])}
+        params, lr_values = _split(run, inputs)
         fixed, learned = _wanted(run, ctx.needs_input_grad[1:])
         device, starts = _device(inputs), []
         adapted = {n: params[n] for n in run.names}
@@ -109,7 +117,7 @@ class _CheckpointedSteps(torch.autograd.Function):
                     adapted = {n: t.detach() for n, t in zip(run.names, ctx.kept[1])}
                     break
                 leaves = {n: t.detach().requires_grad_() for n, t in adapted.items()}
-                new = run.step({**params, **leaves}, run.buffers, run.lr if run.lr is not None else lr_values, False)
+                new = run.step({**params, **leaves}, run.buffers, _step_sizes(run, lr_values), False)
                 adapted = {n: new[n].detach() for n in run.names}
         ctx.run, ctx.starts, ctx.device = run, starts, device
         ctx.save_for_backward(*inputs)
@@ -123,12 +131,10 @@ class _CheckpointedSteps(torch.autograd.Function):
                 "create_graph=True through it is not supported (use inner_checkpoint=False)"
             )
         run: _Run = ctx.run
-        inputs = ctx.saved_tensors
         count, adapted_count = len(run.param_names), len(run.names)
         needs = ctx.needs_input_grad[1:]
         fixed, learned = _wanted(run, needs)
-        params = {n: t.detach() for n, t in zip(run.param_names, inputs[:count])}
-        lr_values = {n: t.detach() for n, t in zip(run.lr_names, inputs[count:])}
+        params, lr_values = _split(run, ctx.saved_tensors)
         kept, ctx.kept = ctx.kept, None  # a second backward (retain_graph) rebuilds the last step too
         upstream = list(grad_adapted)
         totals: dict[str, Tensor] = {}

@@ -179,8 +179,7 @@ def adapt(
     names = list(params) if names is None else names
     buffers = {} if buffers is None else buffers
     create_graph = not first_order and torch.is_grad_enabled()
-    kernels = second_order_kernels and create_graph
-    step = inner_step(model, support_x, support_y, loss_fn, names, tensor_aliases(model), kernels)
+    step = inner_step(model, support_x, support_y, loss_fn, names, tensor_aliases(model), second_order_kernels)
     with torch.enable_grad():
         if checkpoint and create_graph and steps:
             return checkpointed_steps(step, params, buffers, lr, steps, names)
@@ -194,7 +193,8 @@ def inner_step(
     aliases: Mapping[str, str], second_order_kernels: bool = False,
 ) -> StepFn:
     """One step of ``adapt`` as ``step(params, buffers, lr, create_graph) -> params`` (the entries
-    ``names`` moved by ``-lr * grad`` of the support loss; ``buffers`` updated by the forward pass)."""
+    ``names`` moved by ``-lr * grad`` of the support loss; ``buffers`` updated by the forward pass;
+    ``second_order_kernels`` applies to the calls with ``create_graph=True``)."""
 
     def step(params: Params, buffers: Mapping[str, Tensor], lr: float | Mapping[str, Tensor], create_graph: bool) -> Params:
         with explicit_double_backward(second_order_kernels and create_graph):
