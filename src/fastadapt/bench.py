@@ -39,6 +39,7 @@ from fastadapt.algorithms import create_algorithm
 from fastadapt.double_backward import kernels_available
 from fastadapt.models import create_model
 from fastadapt.runtime import tune_allocator
+from fastadapt.tensor_pool import use_tensor_pool
 from fastadapt.tasks.spec import EpisodeBatch, TaskSpec
 
 
@@ -354,8 +355,9 @@ def row_name(config: str, variant: str) -> str:
 
 
 def _child(name: str, steps: int | None, warmup: int, threads: int, allocator: bool, variant: str) -> BenchResult:
-    if allocator:
-        tune_allocator()  # the engine's default
+    if allocator:  # the engine's defaults
+        tune_allocator()
+        use_tensor_pool()
     set_threads(threads)
     config = get_config(name)
     steps = config.quick_steps if steps is None else steps
@@ -372,7 +374,8 @@ def run(
     Args:
         steps: timed steps per config (default: each config's ``quick_steps``).
         threads: intra-op threads (default: torch's current number).
-        allocator: apply ``fastadapt.runtime.tune_allocator`` as the engine does by default.
+        allocator: apply ``fastadapt.runtime.tune_allocator`` and ``fastadapt.tensor_pool.use_tensor_pool``
+            as the engine does by default.
         fast: also time each config with ``speed_options`` (rows named ``"<config> (fast)"``).
         lean: also time, for the configs whose speed settings include ``task_workers``, the
             same settings without workers (``lean_backward``; rows ``"<config> (lean)"``).

@@ -90,6 +90,9 @@ class TrainConfig:
     """torch intra-op threads (0: leave torch's default)"""
     tune_allocator: bool = True
     """keep freed memory in the process (glibc malloc; see fastadapt.runtime)"""
+    tensor_pool: bool = True
+    """serve large CPU tensors from fastadapt's pool of blocks reused by exact size
+    (``fastadapt.tensor_pool``; needs the C++ extension, skipped where it cannot be built)"""
     max_minutes: float = 0.0
     """stop after this much wall time of training and validation, summed over resumes (0: no limit);
     the run then validates, checkpoints and tests as if ``iterations`` were reached there,

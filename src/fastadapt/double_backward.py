@@ -36,31 +36,16 @@ workers it gave 1.06x, ad hoc; see ``benchmarks/README.md``'s ablation table for
 ones). The convolution's backward passes are differentiable ATen calls, so
 its third and higher derivatives are correct; BatchNorm's double backward treats the batch
 mean and ``s`` as constants and raises if differentiated again (``create_graph=True``
-through a second-order meta-gradient). The extension is compiled on first
-use with ``torch.utils.cpp_extension`` (a C++ compiler and ``ninja``: ``pip install
-fastadapt[kernels]``; 32 s on the project's 2-core VM, cached by torch afterwards). Anything else
+through a second-order meta-gradient). The extension is ``fastadapt.extension``'s (compiled on first use,
+cached; a C++ compiler and ``ninja``: ``pip install fastadapt[kernels]``). Anything else
 falls through to PyTorch: string padding, BatchNorm with running statistics in eval mode or
 without affine parameters, and any call under autocast.
-
-Once built, later processes load the cached library directly when a stamp written beside torch's
-extension cache (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) matches this
-source, torch build, Python and flags: importing ``torch.utils.cpp_extension`` (it pulls in
-setuptools) and its version check cost ~4 MB of resident memory and ~0.08 s (0.095 vs 0.015 s to
-load, ad hoc), which every second-order MAML process paid.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.util
-import json
-import logging
-import os
-import sys
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -69,102 +54,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from fastadapt.extension import extension_available as kernels_available
+from fastadapt.extension import load_extension as load_kernels
 from fastadapt.runtime import autocast_enabled
 
-log = logging.getLogger(__name__)
-
-SOURCE = Path(__file__).parent / "csrc" / "double_backward.cpp"
-NAME = "fastadapt_double_backward"
-CFLAGS = ["-O3"]
-_lock = threading.Lock()
-_module: ModuleType | None = None
-
-
-def stamp_path() -> Path:
-    """Where the stamp of the last build is kept: beside torch's extension cache."""
-    root = os.environ.get("TORCH_EXTENSIONS_DIR")
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch_extensions"
-    return (Path(root) if root else cache) / f"{NAME}.stamp.json"
-
-
-def build_key() -> dict[str, Any]:
-    """What a built library must match to be loaded without ``torch.utils.cpp_extension``."""
-    return {"source_sha256": hashlib.sha256(SOURCE.read_bytes()).hexdigest(), "torch": torch.__version__,
-            "torch_git": torch.version.git_version, "python": sys.version, "cflags": CFLAGS}
-
-
-def _file_id(path: Path) -> list[int]:
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns]
-
-
-def _load_built() -> ModuleType | None:
-    """The library of an earlier build whose stamp matches ``build_key()`` (and is unchanged since), else None."""
-    try:
-        stamp = json.loads(stamp_path().read_text())
-        library = Path(stamp["library"])
-        if stamp["key"] != build_key() or stamp["file"] != _file_id(library):
-            return None
-        # torch's loader renames a rebuilt extension (``NAME_v1``, ...): its init symbol has that name.
-        spec = importlib.util.spec_from_file_location(stamp["module"], library)
-        if spec is None or spec.loader is None:
-            return None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    except (OSError, ValueError, KeyError, TypeError, ImportError):
-        return None
-
-
-def _write_stamp(module: ModuleType) -> None:
-    """Record the library ``module`` was loaded from (atomically; a cache that cannot be written is skipped)."""
-    try:
-        library = Path(str(module.__file__))
-        path = stamp_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        stamp = {"key": build_key(), "module": module.__name__, "library": str(library), "file": _file_id(library)}
-        tmp.write_text(json.dumps(stamp))
-        os.replace(tmp, path)
-    except OSError as error:
-        log.debug("could not write %s: %s", stamp_path(), error)
-
-
-def load_kernels() -> ModuleType:
-    """The compiled extension: the cached library when its stamp matches (module docstring), else
-    built or loaded by ``torch.utils.cpp_extension.load`` (which then stamps it).
-
-    Raises ``RuntimeError`` naming what is missing when it cannot be built.
-    """
-    global _module
-    with _lock:
-        if _module is None:
-            _module = _load_built()
-        if _module is None:
-            from torch.utils.cpp_extension import load, verify_ninja_availability
-
-            try:
-                verify_ninja_availability()
-            except RuntimeError as error:
-                raise RuntimeError(
-                    "second_order_kernels needs ninja to compile fastadapt's C++ kernels: pip install 'fastadapt[kernels]'"
-                ) from error
-            log.info("compiling fastadapt's double-backward kernels (once; cached by torch.utils.cpp_extension)")
-            try:
-                _module = load(NAME, [str(SOURCE)], extra_cflags=CFLAGS)
-            except (RuntimeError, OSError) as error:
-                raise RuntimeError(f"could not compile {SOURCE} (second_order_kernels needs a C++ compiler): {error}") from error
-            _write_stamp(_module)
-    return _module
-
-
-def kernels_available() -> bool:
-    """Whether ``load_kernels`` succeeds here (compiles on first call)."""
-    try:
-        load_kernels()
-    except RuntimeError:
-        return False
-    return True
+__all__ = ["ExplicitDoubleBackward", "explicit_double_backward", "kernels_available", "load_kernels"]
 
 
 def _expand(value: int | Sequence[int], dims: int) -> list[int]:

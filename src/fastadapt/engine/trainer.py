@@ -39,6 +39,7 @@ from fastadapt.engine.metrics_log import MetricsLog
 from fastadapt.engine.runs import run_protocol, set_threads, write_results
 from fastadapt.recipes import get_recipe
 from fastadapt.runtime import tune_allocator
+from fastadapt.tensor_pool import use_tensor_pool
 from fastadapt.tasks.sampler import batch_at
 
 
@@ -213,6 +214,8 @@ class _Loop:
         set_threads(config.train.threads, world)
         if config.train.tune_allocator:
             tune_allocator()
+        if config.train.tensor_pool:
+            use_tensor_pool()
         self.config, self.run_dir = config, run_dir
         self.data_dir, self.cache_dir = data_dir, cache_dir
         self.world = world
