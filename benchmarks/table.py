@@ -52,7 +52,7 @@ def task_batching() -> str:
     return "\n".join(lines)
 
 
-PEER_SETTINGS = {"shipped": "as shipped", "tuned": "identical malloc"}
+PEER_SETTINGS = {"shipped": "as shipped", "tuned": "identical malloc", "pooled": "identical malloc + tensor pool (all)"}
 
 
 def _speedup(r: dict, rows: list[dict]) -> str:
@@ -62,16 +62,23 @@ def _speedup(r: dict, rows: list[dict]) -> str:
     return f"{r['throughput'] / max(peers):.2f}x" if r["variant"].startswith("fastadapt") and peers else ""
 
 
+def _rss_margin(r: dict, rows: list[dict]) -> str:
+    """fastadapt's peak RSS minus the lowest peer's in the same setting and config (MB)."""
+    peers = [p["peak_rss_mb"] for p in rows if p["setting"] == r["setting"] and p["config"] == r["config"]
+             and not p["variant"].startswith("fastadapt") and "peak_rss_mb" in p]
+    return f"{r['peak_rss_mb'] - min(peers):+.0f}" if r["variant"].startswith("fastadapt") and peers else ""
+
+
 def peers() -> str:
     rows = latest("peers", key="run")
     lines = ["| setting (matmul peak f32 / bf16) | config | variant | throughput | vs best peer | median ms (min-max) | "
-             "peak RSS MB | GFLOP / step | GFLOP/s | % of matmul peak f32 (bf16) | meta-grad max rel err f32 (f64) | threads | "
+             "peak RSS MB | vs lowest peer MB | GFLOP / step | GFLOP/s | % of matmul peak f32 (bf16) | meta-grad max rel err f32 (f64) | threads | "
              "commit |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
     for r in rows:
         head = f"| {PEER_SETTINGS[r['setting']]} | {r['config']} | {r['variant']}"
         if "error" in r:
-            lines.append(f"{head} | failed: {r['error']} | | | | | | | | {r['threads']} | {r['commit']} |")
+            lines.append(f"{head} | failed: {r['error']} | | | | | | | | | {r['threads']} | {r['commit']} |")
             continue
         err = (f"{r['grad_max_rel_err']:.1e} ({r['grad_max_rel_err_f64']:.1e})" if "grad_max_rel_err" in r
                else "reference")
@@ -81,7 +88,7 @@ def peers() -> str:
         lines.append(
             f"| {PEER_SETTINGS[r['setting']]} ({peak}) | {r['config']} | {r['variant']} {r['version']} | "
             f"{r['throughput']:.2f} {r['unit']}/s | {_speedup(r, rows)} | {r['median_ms']:.0f} ({r['min_ms']:.0f}-{r['max_ms']:.0f}) | "
-            f"{r['peak_rss_mb']:.0f} | {r['flops'] / 1e9:.1f} | {r['gflops']:.1f} | {pct} | {err} | "
+            f"{r['peak_rss_mb']:.0f} | {_rss_margin(r, rows)} | {r['flops'] / 1e9:.1f} | {r['gflops']:.1f} | {pct} | {err} | "
             f"{r['threads']} | {r['commit']} |"
         )
     return "\n".join(lines)

@@ -8,10 +8,12 @@ process: same Conv-4 and seeded synthetic Omniglot-shaped batches (``fastadapt.b
 same threads, warm-up excluded; FLOPs counted once per variant with
 ``torch.utils.flop_counter``; float32 and bfloat16 2048x2048 matmul peaks timed in their own process
 per setting; the meta-gradient of the first batch at the initial weights compared with the
-plain PyTorch loop's. Two settings: ``shipped`` (glibc malloc defaults; fastadapt calls
-``fastadapt.runtime.tune_allocator()`` as its engine does by default, the peers do not) and
-``tuned`` (``common.TUNED_MALLOC`` in every variant's environment, nobody calls
-``tune_allocator``). Rows go to ``results/peers.jsonl`` (``--smoke``: ``results/peers-smoke.jsonl``);
+plain PyTorch loop's. Three settings: ``shipped`` (glibc malloc defaults; fastadapt calls
+``fastadapt.runtime.tune_allocator()`` and ``fastadapt.tensor_pool.use_tensor_pool()`` as its
+engine does by default, the peers do not), ``tuned`` (``common.TUNED_MALLOC`` in every
+variant's environment, nobody calls either) and ``pooled`` (``tuned``'s environment and every
+variant, the peers included, on fastadapt's tensor pool: the pool's effect apart from the
+libraries'). Rows go to ``results/peers.jsonl`` (``--smoke``: ``results/peers-smoke.jsonl``);
 ``python benchmarks/table.py`` renders them into ``benchmarks/README.md``.
 """
 
@@ -40,7 +42,8 @@ from fastadapt.bench import CONFIGS, BenchConfig, matmul_peak, measure, meta_gra
 VARIANTS = {"plain": "plain_torch", "fastadapt": "fastadapt_side", "fastadapt-threads": "fastadapt_threads",
             "fastadapt-fast": "fastadapt_fast", "fastadapt-lean": "fastadapt_lean",
             "higher": "higher_side", "learn2learn": "l2l_side"}
-SETTINGS = {"shipped": "as shipped (malloc default; fastadapt: tune_allocator)", "tuned": "identical malloc (env, all)"}
+SETTINGS = {"shipped": "as shipped (malloc default; fastadapt: tune_allocator + tensor pool)",
+            "tuned": "identical malloc (env, all)", "pooled": "identical malloc + tensor pool (all)"}
 REFERENCE = "plain"
 
 
@@ -55,6 +58,11 @@ def child(args: argparse.Namespace) -> None:
         from fastadapt.runtime import tune_allocator
 
         tune_allocator()
+    if (args.variant.startswith("fastadapt") and args.setting == "shipped") or args.setting == "pooled":
+        from fastadapt.tensor_pool import use_tensor_pool
+
+        if not use_tensor_pool():
+            raise RuntimeError("the tensor pool needs fastadapt's C++ extension, which cannot be built here")
     set_threads(args.threads)
     if args.variant == "matmul":
         print(json.dumps({"matmul_gflops": matmul_peak(), "matmul_bf16_gflops": matmul_peak(dtype=torch.bfloat16)}))
@@ -72,7 +80,7 @@ def child(args: argparse.Namespace) -> None:
 def spawn(args: argparse.Namespace, setting: str, config: str, variant: str, gradient_out: str, steps: int = 1) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env |= {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    env |= TUNED_MALLOC if setting == "tuned" else {}
+    env |= TUNED_MALLOC if setting in ("tuned", "pooled") else {}
     argv = [sys.executable, __file__, "--child", setting, config, variant, "--gradient-out", gradient_out,
             "--threads", str(args.threads), "--steps", str(steps), "--warmup", str(args.warmup)]
     done = subprocess.run(argv + (["--smoke"] if args.smoke else []), capture_output=True, text=True, env=env)
@@ -113,8 +121,10 @@ def measure_setting(args: argparse.Namespace, setting: str, run_id: str, scratch
                 continue
             gradient_out = str(scratch / f"{setting}-{name}-{variant}.pt")
             result = spawn(args, setting, name, variant, gradient_out, args.steps or CONFIGS[name].steps)
-            row = environment() | {"run": run_id, "setting": setting, "malloc": "tuned" if setting == "tuned" else "default",
-                                   "tune_allocator": variant.startswith("fastadapt") and setting == "shipped", "config": name,
+            ours = variant.startswith("fastadapt")
+            row = environment() | {"run": run_id, "setting": setting, "malloc": "default" if setting == "shipped" else "tuned",
+                                   "tune_allocator": ours and setting == "shipped",
+                                   "tensor_pool": (ours and setting == "shipped") or setting == "pooled", "config": name,
                                    "variant": variant, "smoke": args.smoke, "warmup": args.warmup}
             if "error" not in result:
                 row |= figures(result, peaks)
