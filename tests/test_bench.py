@@ -65,8 +65,11 @@ def test_fast_table_says_whether_second_order_maml_ran_the_compiled_kernels(monk
         assert "second_order_kernels" not in bench.speed_options(bench.CONFIGS["maml-5w1s-1st"])
         table = format_table([row("maml-5w1s-2nd"), row("maml-5w1s-2nd (fast)")], 300.0, threads=2)
         assert expected in table.splitlines()[-1]
+        pool = "tune_allocator + tensor pool" if available else "no tensor pool (fastadapt's C++ extension does not compile"
+        assert pool in table
     # first-order and non-MAML fast rows say nothing about kernels
     assert "second_order_kernels" not in format_table([row("maml-5w1s-1st (fast)"), row("reptile-5w (fast)")], 300.0, 2)
+    assert "allocator: glibc malloc defaults" in format_table([row("reptile-5w")], 300.0, 2, allocator=False)
 
 
 def test_bench_unknown_config(capsys):

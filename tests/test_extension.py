@@ -17,13 +17,16 @@ def test_missing_ninja_is_reported(monkeypatch):
     def no_ninja():
         raise RuntimeError("Ninja is required to load C++ extensions")
 
+    attempts = []
     monkeypatch.setattr(ext, "_module", None)
+    monkeypatch.setattr(ext, "_error", None)
     monkeypatch.setattr(ext, "_load_built", lambda: None)  # as on a machine where it was never built
-    monkeypatch.setattr(cpp, "verify_ninja_availability", no_ninja)
+    monkeypatch.setattr(cpp, "verify_ninja_availability", lambda: attempts.append(1) or no_ninja())
     with pytest.raises(RuntimeError, match=r"needs ninja .*fastadapt\[kernels\]"):
         ext.load_extension()
     assert not ext.extension_available()
     assert not db.kernels_available()  # the kernels' name for it
+    assert len(attempts) == 1  # the failure is remembered, not retried on every call
 
 
 def test_a_built_library_loads_without_cpp_extension():

@@ -126,3 +126,10 @@ def test_limits_are_checked(kwargs, message):
 
     with pytest.raises(ValueError, match=message):
         use_tensor_pool(**kwargs)
+
+
+def test_without_the_extension_nothing_is_installed(monkeypatch):
+    import fastadapt.tensor_pool as tp
+
+    monkeypatch.setattr(tp, "extension_available", lambda: False)
+    assert tp.use_tensor_pool() is False

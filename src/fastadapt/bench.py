@@ -39,8 +39,8 @@ from fastadapt.algorithms import create_algorithm
 from fastadapt.double_backward import kernels_available
 from fastadapt.models import create_model
 from fastadapt.runtime import tune_allocator
-from fastadapt.tensor_pool import use_tensor_pool
 from fastadapt.tasks.spec import EpisodeBatch, TaskSpec
+from fastadapt.tensor_pool import use_tensor_pool
 
 
 def _maml_backbone(ways: int) -> dict[str, Any]:
@@ -415,9 +415,12 @@ def run(
         torch.set_num_threads(previous)
 
 
-def format_table(results: Sequence[BenchResult], matmul_gflops: float, threads: int | None = None) -> str:
+def format_table(
+    results: Sequence[BenchResult], matmul_gflops: float, threads: int | None = None, allocator: bool = True,
+) -> str:
     """A Markdown table of ``results``, with achieved GFLOP/s as a share of ``matmul_gflops``
-    (a float32 matmul timed with ``threads`` threads, default torch's current number)."""
+    (a float32 matmul timed with ``threads`` threads, default torch's current number);
+    ``allocator`` as given to ``run``."""
     lines = [
         "| config | throughput | median ms | min ms | max ms | peak RSS MB | GFLOP / step | GFLOP/s | % matmul peak |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -431,6 +434,9 @@ def format_table(results: Sequence[BenchResult], matmul_gflops: float, threads: 
     threads = torch.get_num_threads() if threads is None else threads
     lines.append(f"\nfloat32 2048x2048 matmul peak: {matmul_gflops:.1f} GFLOP/s, {threads} threads, "
                  f"torch {torch.__version__}")
+    lines.append("allocator: " + ("glibc malloc defaults, PyTorch's CPU allocator" if not allocator else
+                                  "tune_allocator + tensor pool (the engine's defaults)" if kernels_available() else
+                                  "tune_allocator; no tensor pool (fastadapt's C++ extension does not compile here)"))
     if any(r.config.endswith(("(fast)", "(lean)")) and _second_order_maml(CONFIGS[r.config.split()[0]]) for r in results):
         lines.append("second-order MAML (fast, lean) rows: " + (
             "with second_order_kernels" if kernels_available() else

@@ -105,7 +105,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     results, peak = run(args.configs, steps=args.steps, warmup=args.warmup, threads=args.threads,
                         allocator=not args.no_tune_allocator, fast=args.fast, lean=args.lean)
-    print(format_table(results, peak, args.threads))
+    print(format_table(results, peak, args.threads, allocator=not args.no_tune_allocator))
     return 0
 
 

@@ -37,6 +37,7 @@ NAME = "fastadapt_double_backward"
 CFLAGS = ["-O3"]
 _lock = threading.Lock()
 _module: ModuleType | None = None
+_error: RuntimeError | None = None  # why it could not be built: not retried within the process
 
 
 def stamp_path() -> Path:
@@ -96,10 +97,13 @@ def load_extension() -> ModuleType:
     """The compiled extension: the cached library when its stamp matches (module docstring), else
     built or loaded by ``torch.utils.cpp_extension.load`` (which then stamps it).
 
-    Raises ``RuntimeError`` naming what is missing when it cannot be built.
+    Raises ``RuntimeError`` naming what is missing when it cannot be built (the same error again on
+    later calls in this process, without another attempt).
     """
-    global _module
+    global _module, _error
     with _lock:
+        if _error is not None:
+            raise _error
         if _module is None:
             _module = _load_built()
         if _module is None:
@@ -108,15 +112,17 @@ def load_extension() -> ModuleType:
             try:
                 verify_ninja_availability()
             except RuntimeError as error:
-                raise RuntimeError(
+                _error = RuntimeError(
                     "fastadapt's C++ extension (second_order_kernels, the tensor pool) needs ninja to compile: "
                     "pip install 'fastadapt[kernels]'"
-                ) from error
+                )
+                raise _error from error
             log.info("compiling fastadapt's C++ extension (once; cached by torch.utils.cpp_extension)")
             try:
                 _module = load(NAME, [str(p) for p in SOURCES], extra_cflags=CFLAGS, extra_include_paths=[str(CSRC)])
             except (RuntimeError, OSError) as error:
-                raise RuntimeError(f"could not compile {[p.name for p in SOURCES]} in {CSRC} (needs a C++ compiler): {error}") from error
+                _error = RuntimeError(f"could not compile {[p.name for p in SOURCES]} in {CSRC} (needs a C++ compiler): {error}")
+                raise _error from error
             _write_stamp(_module)
     return _module
 

@@ -15,11 +15,12 @@ resident size is the peak of the bytes the pool has in use plus what is cached, 
 one size never being cut for another. Smaller requests, and blocks over ``max_block``, go to
 the allocator the pool replaced.
 
-It is the same idea as PyTorch's CUDA caching allocator, on the CPU. Measured on the
-project's 2-core VM (identical malloc settings, MAML synthetic Omniglot benchmark, ad hoc in
-development; the peers table in ``benchmarks/README.md`` has the recorded figures): MAML
-20-way 5-step with two task workers 498 -> 421 MB peak RSS, one worker 414 -> 380 MB and
-1329 -> 1251 ms a step; 5-way 1-shot two workers 414 -> 398 MB.
+It is the same idea as PyTorch's CUDA caching allocator, on the CPU. On the project's 2-core
+VM (``benchmarks/peers/run.py``, ``benchmarks/README.md``): as shipped, MAML 5-way 1-shot with
+the speed settings (two task workers) peaked at 392 MB against 409-415 MB under glibc alone, below
+every peer's 396-404 MB; ad hoc in development, identical malloc settings, MAML 20-way 5-step with
+two workers 498 -> 421 MB, with one worker 414 -> 380 MB and 1329 -> 1251 ms a step; the plain
+PyTorch loop under the pool 395 -> 391 MB (5-way) and 395 -> 381 MB (20-way).
 
 The pool is process-wide and stays installed for the life of the process (as
 ``fastadapt.runtime.tune_allocator``): tensors allocated before it keep their original

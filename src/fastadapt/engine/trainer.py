@@ -39,8 +39,8 @@ from fastadapt.engine.metrics_log import MetricsLog
 from fastadapt.engine.runs import run_protocol, set_threads, write_results
 from fastadapt.recipes import get_recipe
 from fastadapt.runtime import tune_allocator
-from fastadapt.tensor_pool import use_tensor_pool
 from fastadapt.tasks.sampler import batch_at
+from fastadapt.tensor_pool import use_tensor_pool
 
 
 class NonFiniteLossError(RuntimeError):
