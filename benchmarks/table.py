@@ -55,18 +55,24 @@ def task_batching() -> str:
 PEER_SETTINGS = {"shipped": "as shipped", "tuned": "identical malloc", "pooled": "identical malloc + tensor pool (all)"}
 
 
+def _peer_values(r: dict, rows: list[dict], key: str) -> list[float]:
+    """``key`` of the peers' rows in ``r``'s setting and config; empty for a peer's own row."""
+    if not r["variant"].startswith("fastadapt"):
+        return []
+    return [p[key] for p in rows if p["setting"] == r["setting"] and p["config"] == r["config"]
+            and not p["variant"].startswith("fastadapt") and key in p]
+
+
 def _speedup(r: dict, rows: list[dict]) -> str:
     """fastadapt's throughput over the best peer's in the same setting and config."""
-    peers = [p["throughput"] for p in rows if p["setting"] == r["setting"] and p["config"] == r["config"]
-             and not p["variant"].startswith("fastadapt") and "throughput" in p]
-    return f"{r['throughput'] / max(peers):.2f}x" if r["variant"].startswith("fastadapt") and peers else ""
+    peers = _peer_values(r, rows, "throughput")
+    return f"{r['throughput'] / max(peers):.2f}x" if peers else ""
 
 
 def _rss_margin(r: dict, rows: list[dict]) -> str:
     """fastadapt's peak RSS minus the lowest peer's in the same setting and config (MB)."""
-    peers = [p["peak_rss_mb"] for p in rows if p["setting"] == r["setting"] and p["config"] == r["config"]
-             and not p["variant"].startswith("fastadapt") and "peak_rss_mb" in p]
-    return f"{r['peak_rss_mb'] - min(peers):+.0f}" if r["variant"].startswith("fastadapt") and peers else ""
+    peers = _peer_values(r, rows, "peak_rss_mb")
+    return f"{r['peak_rss_mb'] - min(peers):+.0f}" if peers else ""
 
 
 def peers() -> str:

@@ -47,6 +47,16 @@ SETTINGS = {"shipped": "as shipped (malloc default; fastadapt: tune_allocator + 
 REFERENCE = "plain"
 
 
+def tunes_allocator(setting: str, variant: str) -> bool:
+    """Whether the variant calls ``tune_allocator`` in ``setting`` (fastadapt as shipped, as its engine does)."""
+    return variant.startswith("fastadapt") and setting == "shipped"
+
+
+def uses_pool(setting: str, variant: str) -> bool:
+    """Whether the variant runs on fastadapt's tensor pool in ``setting`` (fastadapt as shipped; everyone pooled)."""
+    return tunes_allocator(setting, variant) or setting == "pooled"
+
+
 def smoke_config(config: BenchConfig) -> BenchConfig:
     """The same work in miniature: at most 2 tasks per meta-batch, at most 10 ways for ProtoNet."""
     ways = min(config.ways, 10) if config.algorithm == "protonet" else config.ways
@@ -54,11 +64,11 @@ def smoke_config(config: BenchConfig) -> BenchConfig:
 
 
 def child(args: argparse.Namespace) -> None:
-    if args.variant.startswith("fastadapt") and args.setting == "shipped":
+    if tunes_allocator(args.setting, args.variant):
         from fastadapt.runtime import tune_allocator
 
         tune_allocator()
-    if (args.variant.startswith("fastadapt") and args.setting == "shipped") or args.setting == "pooled":
+    if uses_pool(args.setting, args.variant):
         from fastadapt.tensor_pool import use_tensor_pool
 
         if not use_tensor_pool():
@@ -121,10 +131,9 @@ def measure_setting(args: argparse.Namespace, setting: str, run_id: str, scratch
                 continue
             gradient_out = str(scratch / f"{setting}-{name}-{variant}.pt")
             result = spawn(args, setting, name, variant, gradient_out, args.steps or CONFIGS[name].steps)
-            ours = variant.startswith("fastadapt")
             row = environment() | {"run": run_id, "setting": setting, "malloc": "default" if setting == "shipped" else "tuned",
-                                   "tune_allocator": ours and setting == "shipped",
-                                   "tensor_pool": (ours and setting == "shipped") or setting == "pooled", "config": name,
+                                   "tune_allocator": tunes_allocator(setting, variant),
+                                   "tensor_pool": uses_pool(setting, variant), "config": name,
                                    "variant": variant, "smoke": args.smoke, "warmup": args.warmup}
             if "error" not in result:
                 row |= figures(result, peaks)

@@ -15,12 +15,14 @@ resident size is the peak of the bytes the pool has in use plus what is cached, 
 one size never being cut for another. Smaller requests, and blocks over ``max_block``, go to
 the allocator the pool replaced.
 
-It is the same idea as PyTorch's CUDA caching allocator, on the CPU. On the project's 2-core
-VM (``benchmarks/peers/run.py``, ``benchmarks/README.md``): as shipped, MAML 5-way 1-shot with
-the speed settings (two task workers) peaked at 392 MB against 409-415 MB under glibc alone, below
-every peer's 396-404 MB; ad hoc in development, identical malloc settings, MAML 20-way 5-step with
-two workers 498 -> 421 MB, with one worker 414 -> 380 MB and 1329 -> 1251 ms a step; the plain
-PyTorch loop under the pool 395 -> 391 MB (5-way) and 395 -> 381 MB (20-way).
+It is the same idea as PyTorch's CUDA caching allocator, on the CPU. In the peers run at d6f269a
+(``benchmarks/peers/run.py --threads 2``, ``benchmarks/README.md``; identical malloc settings
+without / with the pool, same run): MAML 20-way 5-step with two task workers 492 -> 416 MB peak
+RSS, with one worker 411 -> 375 MB; 5-way 1-shot with two workers 409 ->
+393 MB; the plain PyTorch loop 395 -> 377 MB (20-way) and 401 -> 387 MB (5-way). As shipped, MAML
+5-way 1-shot with two workers peaked at 392 MB, below every peer's 396-404 MB. Step times are not
+compared here: the machine ran faster during the pooled setting (its matmul peak 352 vs 295
+GFLOP/s, the plain loop 20-way 1394 vs 1810 ms as well).
 
 The pool is process-wide and stays installed for the life of the process (as
 ``fastadapt.runtime.tune_allocator``): tensors allocated before it keep their original

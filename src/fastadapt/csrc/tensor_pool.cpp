@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <sys/mman.h>
 
+#include <atomic>
 #include <cstring>
 #include <mutex>
 #include <unordered_map>
@@ -21,7 +22,8 @@ constexpr size_t kPage = 4096;
 struct State {
   std::mutex mu;
   c10::Allocator* previous = nullptr;  // the allocator the pool replaced (set once, never changed)
-  size_t min_bytes = 0, max_block = 0, max_cached = 0;
+  std::atomic<size_t> min_bytes{0}, max_block{0};  // read without the lock by every allocation
+  size_t max_cached = 0;
   std::unordered_map<void*, size_t> sizes;                // every block the pool has mapped -> its size
   std::unordered_map<size_t, std::vector<void*>> free;    // size -> blocks free for reuse
   size_t mapped = 0, live = 0, cached = 0, peak_live = 0;  // bytes
@@ -36,6 +38,21 @@ State& state() {
 // For torch.profiler's memory view (as c10's own CPU allocator reports); called without the lock.
 void report(void* ptr, int64_t delta, size_t live, size_t mapped) {
   c10::reportMemoryUsageToProfiler(ptr, delta, live, mapped, c10::Device(c10::DeviceType::CPU));
+}
+
+// Unmaps every free block; returns their bytes. The caller holds s.mu.
+size_t unmap_cached(State& s) {
+  size_t released = s.cached;
+  for (auto& entry : s.free) {
+    for (void* block : entry.second) {
+      munmap(block, entry.first);
+      s.sizes.erase(block);
+    }
+  }
+  s.free.clear();
+  s.mapped -= released;
+  s.cached = 0;
+  return released;
 }
 
 // The deleter of every pooled block and the pool's raw deleter: blocks the pool did not map
@@ -71,47 +88,31 @@ struct TensorPool final : c10::Allocator {
     if (n < s.min_bytes || n > s.max_block) return s.previous->allocate(n);
     size_t size = (n + kPage - 1) & ~(kPage - 1);
     void* ptr = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(s.mu);
-      auto it = s.free.find(size);
-      if (it != s.free.end() && !it->second.empty()) {
-        ptr = it->second.back();
-        it->second.pop_back();
-        s.cached -= size;
-        s.hits++;
-      }
-    }
-    if (ptr == nullptr) {
+    std::unique_lock<std::mutex> lock(s.mu);
+    auto it = s.free.find(size);
+    if (it != s.free.end() && !it->second.empty()) {  // the common case: one lock, no system call
+      ptr = it->second.back();
+      it->second.pop_back();
+      s.cached -= size;
+      s.hits++;
+    } else {
+      lock.unlock();
       ptr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (ptr == MAP_FAILED) {
-        std::lock_guard<std::mutex> lock(s.mu);
-        // What is cached may be what is missing: give it back and try once more.
-        for (auto& entry : s.free) {
-          for (void* block : entry.second) {
-            munmap(block, entry.first);
-            s.sizes.erase(block);
-            s.mapped -= entry.first;
-          }
-        }
-        s.free.clear();
-        s.cached = 0;
+      lock.lock();
+      if (ptr == MAP_FAILED) {  // what is cached may be what is missing: give it back, try once more
+        unmap_cached(s);
         ptr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         TORCH_CHECK(ptr != MAP_FAILED, "fastadapt tensor pool: out of memory mapping ", size, " bytes: ",
                     std::strerror(errno));
       }
-      std::lock_guard<std::mutex> lock(s.mu);
       s.sizes[ptr] = size;
       s.mapped += size;
       s.misses++;
     }
-    size_t live, mapped;
-    {
-      std::lock_guard<std::mutex> lock(s.mu);
-      s.live += size;
-      if (s.live > s.peak_live) s.peak_live = s.live;
-      live = s.live;
-      mapped = s.mapped;
-    }
+    s.live += size;
+    if (s.live > s.peak_live) s.peak_live = s.live;
+    size_t live = s.live, mapped = s.mapped;
+    lock.unlock();
     report(ptr, static_cast<int64_t>(size), live, mapped);
     return {ptr, ptr, &release, c10::Device(c10::DeviceType::CPU)};
   }
@@ -127,20 +128,17 @@ TensorPool pool;
 void lock_for_fork() { state().mu.lock(); }
 void unlock_after_fork() { state().mu.unlock(); }
 
+// The limits are checked by fastadapt.tensor_pool.use_tensor_pool, the binding's one caller.
 bool install(int64_t min_bytes, int64_t max_block, int64_t max_cached) {
-  TORCH_CHECK(min_bytes >= 1 && max_block >= min_bytes && max_cached >= 0,
-              "tensor pool: need 1 <= min_bytes <= max_block and max_cached >= 0, got min_bytes=", min_bytes,
-              " max_block=", max_block, " max_cached=", max_cached);
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
   c10::Allocator* current = c10::GetCPUAllocator();
-  bool first = s.previous == nullptr;
-  if (first) {
+  if (s.previous == nullptr) {
     s.previous = current;
     pthread_atfork(&lock_for_fork, &unlock_after_fork, &unlock_after_fork);
   }
-  s.min_bytes = static_cast<size_t>(min_bytes);
-  s.max_block = static_cast<size_t>(max_block);
+  s.min_bytes.store(static_cast<size_t>(min_bytes));
+  s.max_block.store(static_cast<size_t>(max_block));
   s.max_cached = static_cast<size_t>(max_cached);
   if (current != &pool) c10::SetCPUAllocator(&pool, /*priority=*/255);
   return c10::GetCPUAllocator() == &pool;
@@ -149,17 +147,7 @@ bool install(int64_t min_bytes, int64_t max_block, int64_t max_cached) {
 int64_t release_cached() {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
-  size_t released = s.cached;
-  for (auto& entry : s.free) {
-    for (void* block : entry.second) {
-      munmap(block, entry.first);
-      s.sizes.erase(block);
-    }
-  }
-  s.free.clear();
-  s.mapped -= released;
-  s.cached = 0;
-  return static_cast<int64_t>(released);
+  return static_cast<int64_t>(unmap_cached(s));
 }
 
 std::unordered_map<std::string, int64_t> stats() {
