@@ -1,5 +1,6 @@
 """``fastadapt bench``: the CLI prints its table, and FLOP counting matches a hand count."""
 
+import dataclasses
 import json
 import subprocess
 
@@ -70,6 +71,18 @@ def test_fast_table_says_whether_second_order_maml_ran_the_compiled_kernels(monk
     # first-order and non-MAML fast rows say nothing about kernels
     assert "second_order_kernels" not in format_table([row("maml-5w1s-1st (fast)"), row("reptile-5w (fast)")], 300.0, 2)
     assert "allocator: glibc malloc defaults" in format_table([row("reptile-5w")], 300.0, 2, allocator=False)
+
+
+def test_fast_second_order_maml_with_workers_keeps_as_many_step_graphs_as_one_unchecked_task(monkeypatch):
+    monkeypatch.setattr(bench, "kernels_available", lambda: False)
+    twenty = bench.CONFIGS["maml-20w1s-5steps"]
+    for threads, kept in ((1, None), (2, 2), (3, 1), (4, 1), (5, 1)):
+        monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
+        assert bench.speed_options(twenty).get("inner_checkpoint") == kept
+        assert "inner_checkpoint" not in bench.speed_options(twenty, workers=False)
+        assert "inner_checkpoint" not in bench.speed_options(bench.CONFIGS["maml-5w1s-2nd"])  # one step: nothing to rebuild
+    first_order = dataclasses.replace(twenty, algorithm_args=twenty.algorithm_args | {"first_order": True})
+    assert "inner_checkpoint" not in bench.speed_options(first_order)
 
 
 def test_bench_unknown_config(capsys):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from fastadapt.inner_checkpoint import checkpointed_steps
-from fastadapt.inner_loop import adapt, inner_step
+from fastadapt.inner_loop import InnerLoop, adapt, inner_step, kept_graphs
 
 
 def _conv_net(dropout: float = 0.0) -> nn.Module:
@@ -43,14 +43,15 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("checkpoint", [True, 2], ids=["all-but-last", "keep-2"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_checkpointed_inner_loop_gives_the_same_meta_gradient_and_buffers(case):
+def test_checkpointed_inner_loop_gives_the_same_meta_gradient_and_buffers(case, checkpoint):
     kwargs, names, mode = CASES[case]
     results = []
-    for checkpoint in (False, True):
+    for option in (False, checkpoint):
         model = getattr(_conv_net(**kwargs), mode)()
         lr = {n: torch.full_like(p, 0.2, requires_grad=True) for n, p in model.named_parameters()} if case == "metasgd" else 0.3
-        results.append(_meta_step(model, checkpoint, lr, names))
+        results.append(_meta_step(model, option, lr, names))
     (loss, grads, buffers), (loss_c, grads_c, buffers_c) = results
     torch.testing.assert_close(loss_c, loss, rtol=1e-12, atol=0)
     assert len(grads) == len(grads_c) > 0
@@ -118,6 +119,31 @@ def test_checkpointing_keeps_one_inner_step_graph_alive():
     assert peaks[6, False] > 2 * peaks[2, False]  # without: grows with the inner steps
     assert peaks[6, True] < 1.2 * peaks[2, True]  # with: one step's graph, whatever the steps
     assert peaks[6, True] * 3 < peaks[6, False]
+
+
+def test_an_int_checkpoint_keeps_that_many_inner_step_graphs():
+    peaks = {}
+    for checkpoint in (True, 2, 3, 6, False):
+        counter = _SavedBytes()
+        with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda held: held.tensor):
+            _meta_step(_conv_net(), checkpoint, 0.3, steps=6)
+        peaks[checkpoint] = counter.peak
+    step_graph = (peaks[3] - peaks[2])  # one more kept step
+    assert step_graph > 0
+    assert peaks[2] - peaks[True] == pytest.approx(step_graph, rel=0.05)
+    assert peaks[6] == peaks[False]  # keeping every step is no checkpointing
+    assert peaks[False] - peaks[3] == pytest.approx(3 * step_graph, rel=0.05)
+
+
+@pytest.mark.parametrize(("checkpoint", "steps", "kept"), [(False, 5, 5), (True, 5, 1), (2, 5, 2), (7, 5, 5), (True, 0, 0)])
+def test_kept_graphs(checkpoint, steps, kept):
+    assert kept_graphs(checkpoint, steps) == kept
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", None])
+def test_an_invalid_checkpoint_is_refused_by_name(bad):
+    with pytest.raises(ValueError, match=f"inner_checkpoint must be .* got {bad!r}"):
+        InnerLoop(loss="cross_entropy", steps=2, eval_steps=2, checkpoint=bad)
 
 
 def test_a_second_backward_with_retain_graph_rebuilds_the_kept_last_step():

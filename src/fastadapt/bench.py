@@ -169,7 +169,10 @@ def speed_options(config: BenchConfig, workers: bool = True) -> dict[str, Any]:
     ``task_workers`` = the intra-op threads (tasks split over threads, one intra-op thread
     each) and, second order, ``second_order_kernels`` where fastadapt's C++ kernels compile
     here (``fastadapt.double_backward.kernels_available``; left out where they do not, and
-    ``format_table`` says which); ProtoNet: bfloat16 backbone (plus channels-last
+    ``format_table`` says which) and, with several inner steps and workers,
+    ``inner_checkpoint = inner_steps // task_workers`` (at least 1): the workers together keep
+    no more inner-step graphs alive than one task without checkpointing (MAML 20-way 5-step on
+    2 workers: the last 2 steps' graphs kept, 3 rebuilt); ProtoNet: bfloat16 backbone (plus channels-last
     parameters, applied by ``fast_backward``); its one episode per step has no tasks to split.
     Reptile: ``task_workers`` (plus channels-last parameters: faster convolutions with one
     intra-op thread per worker; it has no reduced-precision option).
@@ -179,8 +182,13 @@ def speed_options(config: BenchConfig, workers: bool = True) -> dict[str, Any]:
     }.get(config.algorithm, {})
     if workers and config.algorithm in TASK_WORKERS:
         options["task_workers"] = torch.get_num_threads()
-    if _second_order_maml(config) and kernels_available():
-        options["second_order_kernels"] = True
+    if _second_order_maml(config):
+        if kernels_available():
+            options["second_order_kernels"] = True
+        steps = config.algorithm_args.get("inner_steps", 1)  # MAML's default
+        kept = max(1, steps // options.get("task_workers", 1))
+        if kept < steps:
+            options["inner_checkpoint"] = kept
     return options
 
 

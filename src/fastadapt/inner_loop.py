@@ -107,7 +107,7 @@ def query_forward(
 
 
 def check_vmap_options(
-    batching: str, query_channels_last: bool, second_order_kernels: bool = False, checkpoint: bool = False
+    batching: str, query_channels_last: bool, second_order_kernels: bool = False, checkpoint: bool | int = False
 ) -> None:
     """Raise for options ``"vmap"`` cannot run: ``query_channels_last`` (no memory-format clones
     under vmap), ``second_order_kernels`` and ``checkpoint`` (autograd functions without a vmap rule)."""
@@ -146,7 +146,7 @@ def adapt(
     names: list[str] | None = None,
     buffers: Mapping[str, Tensor] | None = None,
     second_order_kernels: bool = False,
-    checkpoint: bool = False,
+    checkpoint: bool | int = False,
 ) -> Params:
     """Adapt ``params`` to one task by ``steps`` steps of gradient descent on the support loss.
 
@@ -165,10 +165,12 @@ def adapt(
             support passes under ``fastadapt.double_backward.explicit_double_backward()``:
             compiled convolution/BatchNorm functions with an explicit double backward
             (same derivatives, fewer and cheaper operations).
-        checkpoint: when the steps are differentiable, hold what a one-step loop holds instead
-            of all ``steps`` steps' graphs: the steps but the last are rebuilt in the backward
-            (``fastadapt.inner_checkpoint.checkpointed_steps``; the returned parameters are then
-            differentiable once: a backward through them with ``create_graph=True`` raises).
+        checkpoint: when the steps are differentiable, keep fewer than ``steps`` steps' graphs
+            alive: ``True`` holds what a one-step loop holds (the steps but the last are rebuilt
+            in the backward, ``fastadapt.inner_checkpoint.checkpointed_steps``), an int ``k``
+            keeps the last ``k`` steps' graphs and rebuilds the ``steps - k`` before them
+            (``k >= steps``: nothing rebuilt). With any rebuilt step the returned parameters are
+            differentiable once: a backward through them with ``create_graph=True`` raises.
 
     Returns:
         The adapted parameters (all of ``params``, the non-adapted ones unchanged).
@@ -181,11 +183,27 @@ def adapt(
     create_graph = not first_order and torch.is_grad_enabled()
     step = inner_step(model, support_x, support_y, loss_fn, names, tensor_aliases(model), second_order_kernels)
     with torch.enable_grad():
-        if checkpoint and create_graph and steps:
-            return checkpointed_steps(step, params, buffers, lr, steps, names)
-        for _ in range(steps):
+        rebuilt = steps - kept_graphs(checkpoint, steps) if create_graph else 0
+        if rebuilt:  # the checkpointed run keeps its last step's graph: rebuilt + 1 steps
+            params = checkpointed_steps(step, params, buffers, lr, rebuilt + 1, names)
+        for _ in range(steps - rebuilt - (rebuilt > 0)):
             params = step(params, buffers, lr, create_graph)
     return params
+
+
+def check_checkpoint(checkpoint: bool | int) -> None:
+    """Raise unless ``checkpoint`` is a bool or an int >= 1 (``adapt``'s ``checkpoint``)."""
+    if not isinstance(checkpoint, int) or (not isinstance(checkpoint, bool) and checkpoint < 1):
+        raise ValueError(f"inner_checkpoint must be True, False or an int >= 1 (step graphs kept), got {checkpoint!r}")
+
+
+def kept_graphs(checkpoint: bool | int, steps: int) -> int:
+    """How many of ``steps`` differentiable inner steps keep their graph under ``checkpoint``
+    (``adapt``): all for ``False``, one for ``True``, ``min(checkpoint, steps)`` for an int."""
+    check_checkpoint(checkpoint)
+    if checkpoint is False:
+        return steps
+    return min(int(checkpoint), steps)
 
 
 def inner_step(
@@ -249,7 +267,7 @@ def meta_batch_loss(
     precision: str = "float32",
     query_channels_last: bool = False,
     second_order_kernels: bool = False,
-    checkpoint: bool = False,
+    checkpoint: bool | int = False,
 ) -> tuple[Tensor, Tensor]:
     """Mean query loss after adapting to each task of a meta-batch, and the query outputs.
 
@@ -314,7 +332,7 @@ def streamed_meta_loss(
     workers: int = 1,
     query_channels_last: bool = False,
     second_order_kernels: bool = False,
-    checkpoint: bool = False,
+    checkpoint: bool | int = False,
 ) -> tuple[Tensor, Tensor]:
     """``meta_batch_loss`` with each task's meta-gradient taken as soon as its query loss exists.
 
@@ -444,8 +462,8 @@ class InnerLoop:
         second_order_kernels: the second-order support passes under
             ``fastadapt.double_backward.explicit_double_backward()`` (``adapt``); compiled on
             construction, raising if that is impossible here.
-        checkpoint: second-order inner steps rebuilt one at a time in the backward (``adapt``;
-            not with ``"vmap"``).
+        checkpoint: second-order inner steps rebuilt in the backward instead of kept: ``True``
+            all but the last, an int ``k`` all but the last ``k`` (``adapt``; not with ``"vmap"``).
     """
 
     loss: str
@@ -458,7 +476,7 @@ class InnerLoop:
     workers: int = 1
     query_channels_last: bool = False
     second_order_kernels: bool = False
-    checkpoint: bool = False
+    checkpoint: bool | int = False
 
     def __post_init__(self) -> None:
         loss_function(self.loss)
@@ -468,6 +486,7 @@ class InnerLoop:
             raise ValueError(f"task_batching must be one of {BATCHINGS}, got {self.batching!r}")
         check_precision(self.precision)
         check_workers(self.workers)
+        check_checkpoint(self.checkpoint)
         check_vmap_options(self.batching, self.query_channels_last, self.second_order_kernels, self.checkpoint)
         if self.second_order_kernels:
             load_kernels()
@@ -478,7 +497,7 @@ class InnerLoop:
     def for_backbone(
         cls, backbone: nn.Module, *, loss: str, steps: int, eval_steps: int | None, first_order: bool,
         adapt: str | None, batching: str, precision: str = "float32", workers: int = 1,
-        query_channels_last: bool = False, second_order_kernels: bool = False, checkpoint: bool = False,
+        query_channels_last: bool = False, second_order_kernels: bool = False, checkpoint: bool | int = False,
     ) -> InnerLoop:
         """Settings checked against ``backbone``: ``adapt`` (a name pattern) selects the adapted
         parameters, ``eval_steps=None`` means ``steps``, and ``vmap`` is refused where torch <= 2.13

@@ -40,7 +40,7 @@ class ANIL(nn.Module):
         precision: Literal["float32", "bfloat16"] = "float32",
         task_workers: int = 1,
         query_channels_last: bool = False,
-        inner_checkpoint: bool = False,
+        inner_checkpoint: bool | int = False,
     ) -> None:
         super().__init__()
         self.backbone, self.inner_lr = backbone, inner_lr

@@ -66,8 +66,11 @@ class MAML(nn.Module):
             instead of keeping all ``inner_steps`` steps' graphs (``fastadapt.inner_checkpoint``):
             a task holds what a one-step loop holds, all steps but the last run their forward and
             first backward twice (MAML 20-way 5-step: 33 -> 11 MB of saved tensors, 1.18x the step
-            time; ``benchmarks/README.md``); same meta-gradients up to rounding; differentiable
-            once; no effect with ``first_order``; not with ``"vmap"``.
+            time; ``benchmarks/README.md``). An int ``k`` keeps the last ``k`` steps' graphs and
+            rebuilds the ones before (memory and recomputation in between: with two
+            ``task_workers``, ``k = inner_steps // 2`` keeps no more graphs alive than one worker
+            without checkpointing). Same meta-gradients up to rounding; differentiable once where
+            a step is rebuilt; no effect with ``first_order``; not with ``"vmap"``.
     """
 
     def __init__(
@@ -84,7 +87,7 @@ class MAML(nn.Module):
         task_workers: int = 1,
         query_channels_last: bool = False,
         second_order_kernels: bool = False,
-        inner_checkpoint: bool = False,
+        inner_checkpoint: bool | int = False,
     ) -> None:
         super().__init__()
         self.backbone, self.inner_lr = backbone, inner_lr

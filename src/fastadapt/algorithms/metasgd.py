@@ -48,7 +48,7 @@ class MetaSGD(nn.Module):
         task_workers: int = 1,
         query_channels_last: bool = False,
         second_order_kernels: bool = False,
-        inner_checkpoint: bool = False,
+        inner_checkpoint: bool | int = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
