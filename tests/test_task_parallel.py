@@ -145,6 +145,16 @@ def test_map_interleaved_runs_steps_of_any_task_on_any_thread_in_order():
     assert sum(thread == me for _, _, thread, _, _ in log) in range(4, 9)
 
 
+def test_map_interleaved_has_at_most_one_job_more_than_threads_under_way():
+    model, log = torch.nn.Linear(2, 2), []
+    with torch.no_grad():
+        assert map_interleaved(model, 6, 2, stepping_job(model, log, steps=3)) == [0, 10, 20, 30, 40, 50]
+    order = [t for t, *_ in log]
+    spans = {t: (order.index(t), len(order) - 1 - order[::-1].index(t)) for t in range(6)}
+    under_way = [sum(first <= i <= last for first, last in spans.values()) for i in range(len(order))]
+    assert max(under_way) == 3
+
+
 def test_map_interleaved_on_one_thread_and_under_thread_local_state():
     model, log = torch.nn.Linear(2, 2), []
     assert map_interleaved(model, 2, 1, stepping_job(model, log, steps=2)) == [0, 10]

@@ -212,18 +212,29 @@ def map_interleaved(model: nn.Module, tasks: int, workers: int, job: Callable[[i
     ``workers`` threads (the caller with ``model``, the others with replicas, intra-op threads
     and grad mode as in ``map_shares``) each take the next waiting job, run one step of it and
     put it back at the end of the queue, so all threads stay busy while any job has steps
-    left. A job's steps run one at a time, in order. Results are in task order; a job must
-    reach the model only through the module each of its steps receives.
+    left. At most ``workers + 1`` jobs are under way at once (the next task is started when
+    one finishes): each holds its state (Reptile: adapted weights and Adam moments) from its
+    first step to its last, and one job more than threads is enough to keep them busy (5
+    Reptile tasks on 2 threads: 12.7 instead of 15.5 MB of tensors at the peak, same step
+    time, an ad hoc measurement). A job's steps run one at a time, in order. Results are in
+    task order; a job must reach the model only through the module each of its steps receives.
     """
     check_workers(workers)
     workers = min(workers, tasks)
     if workers <= 1 or caller_state_is_thread_local():
         return [run_job(job(t), model) for t in range(tasks)]
     waiting: deque[tuple[int, Job[R]]] = deque()
-    for t in range(tasks):
-        gen = job(t)
-        next(gen)
-        waiting.append((t, gen))
+    unstarted = iter(range(tasks))
+
+    def start_next() -> None:  # called with ``lock`` held, or before the threads start
+        t = next(unstarted, None)
+        if t is not None:
+            gen = job(t)
+            next(gen)
+            waiting.append((t, gen))
+
+    for _ in range(workers + 1):
+        start_next()
     results: list[Any] = [None] * tasks
     lock, failed = threading.Lock(), threading.Event()
 
@@ -237,6 +248,8 @@ def map_interleaved(model: nn.Module, tasks: int, workers: int, job: Callable[[i
                 gen.send(module)
             except StopIteration as stop:
                 results[t] = stop.value
+                with lock:
+                    start_next()
                 continue
             except BaseException:
                 failed.set()  # the other threads stop taking steps

@@ -16,6 +16,7 @@ each holds every class.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Literal
 
 import torch
@@ -128,20 +129,25 @@ class Reptile(nn.Module):
         current = {n: p.detach() for n, p in self.backbone.named_parameters()}
         tasks, aliases = len(batch), tensor_aliases(self.backbone)
 
-        def job(t: int) -> Job[tuple[Params, Tensor, Tensor]]:
+        displacement = _OrderedSum([torch.zeros_like(p) for p in current.values()])
+
+        def job(t: int) -> Job[tuple[Tensor, Tensor]]:
             adapted = yield from self._adapt(batch.support_x[t], batch.support_y[t], self.inner_steps, aliases)
             model = yield
             with torch.no_grad():
                 out = forward(model, adapted, buffer_copies(model), batch.query_x[t], aliases)
-                return {n: (current[n] - adapted[n]) / tasks for n in current}, self.loss(out, batch.query_y[t]), out
+                moved = [adapted[n] for n in current]  # this task's own tensors: phi - theta in place
+                torch._foreach_sub_(moved, list(current.values()))
+                displacement.add(t, moved)
+                return self.loss(out, batch.query_y[t]), out
 
         results = map_interleaved(self.backbone, tasks, self.task_workers, job)
-        query_loss = torch.stack([loss for _, loss, _ in results]).mean()
-        direction = {n: torch.stack([d[n] for d, _, _ in results]).sum(0) for n in current}
+        query_loss = torch.stack([loss for loss, _ in results]).mean()
+        direction = {n: -d / tasks for n, d in zip(current, displacement.total)}  # mean(theta - phi)
         # Value: the adapted query loss (for logging). Gradient: d = mean(theta - phi), since
         # d/dtheta sum((theta - theta.detach()) * d) = d; an SGD step of size epsilon is Reptile's.
         surrogate = query_loss + sum(((p - p.detach()) * direction[n]).sum() for n, p in self.backbone.named_parameters())
-        return MetaOutput(surrogate, torch.stack([out for _, _, out in results]))
+        return MetaOutput(surrogate, torch.stack([out for _, out in results]))
 
     def predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
         aliases = tensor_aliases(self.backbone)
@@ -159,3 +165,23 @@ class Reptile(nn.Module):
                 ])
 
         return torch.stack(map_interleaved(self.backbone, support_x.shape[0], self.task_workers, job))
+
+
+class _OrderedSum:
+    """Per-task tensor lists summed into ``total`` in task order as tasks finish, on any thread.
+
+    A task's list is added as soon as every earlier task's has been (until then it is held),
+    so the sum is the same whatever order the threads finish in, and no more than the
+    out-of-order lists are alive at once (instead of one per task of the meta-batch).
+    """
+
+    def __init__(self, total: list[Tensor]) -> None:
+        self.total, self._next, self._lock = total, 0, threading.Lock()
+        self._held: dict[int, list[Tensor]] = {}
+
+    def add(self, task: int, values: list[Tensor]) -> None:
+        with self._lock:
+            self._held[task] = values
+            while self._next in self._held:
+                torch._foreach_add_(self.total, self._held.pop(self._next))
+                self._next += 1
