@@ -1,7 +1,8 @@
 """Second-order MAML memory and time against the number of inner steps, with and without ``inner_checkpoint``.
 
     python benchmarks/inner_checkpoint.py [--config maml-20w1s-5steps] [--inner-steps 1 5 10 20]
-        [--variants plain fastadapt fastadapt-checkpoint fastadapt-fast fastadapt-fast-checkpoint]
+        [--variants plain fastadapt fastadapt-checkpoint fastadapt-fast fastadapt-fast-partial
+                    fastadapt-fast-checkpoint]
         [--threads 2] [--steps 3]
 
 The config's task shape and meta-batch with its ``inner_steps`` replaced; each (inner steps,
@@ -9,8 +10,10 @@ variant) in its own process under the benchmarks' identical malloc settings (``T
 no ``tune_allocator``), the same Conv-4 and seeded synthetic batches (``fastadapt.bench.measure``:
 1 warm-up step excluded). Variants: ``plain`` (``benchmarks/peers/plain_torch.py``, the loop a
 user writes: one task's graph at a time), ``fastadapt`` (defaults), ``fastadapt-fast``
-(``fastadapt.bench.speed_options``: two task workers, bfloat16 query passes, ...), each ``-checkpoint``
-with ``inner_checkpoint=True``. Columns: median step, peak RSS (``ru_maxrss`` after the timed
+(``fastadapt.bench.speed_options``: two task workers, bfloat16 query passes, ... with every inner
+step's graph kept, ``inner_checkpoint=False``), ``fastadapt-fast-partial`` (``speed_options`` as
+``fastadapt bench --fast`` runs them since ac5617b: ``inner_checkpoint = inner_steps // workers``),
+each ``-checkpoint`` with ``inner_checkpoint=True`` (one step's graph kept). Columns: median step, peak RSS (``ru_maxrss`` after the timed
 steps) and, for the one-thread-of-tasks variants, the peak bytes of tensors autograd saves for
 backward during one more step (``torch.autograd.graph.saved_tensors_hooks``, counted exactly:
 what the graph holds, whatever the allocator does; the hooks are per thread, so the two-worker
@@ -36,7 +39,9 @@ from fastadapt.bench import CONFIGS, BenchConfig, build_backbone, learner_backwa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 
-VARIANTS = ("plain", "fastadapt", "fastadapt-checkpoint", "fastadapt-fast", "fastadapt-fast-checkpoint")
+VARIANTS = (
+    "plain", "fastadapt", "fastadapt-checkpoint", "fastadapt-fast", "fastadapt-fast-partial", "fastadapt-fast-checkpoint",
+)
 
 
 class SavedBytes:
@@ -81,8 +86,8 @@ def build(variant: str, config: BenchConfig, backbone: torch.nn.Module):
 
         return plain_torch.maml(config, backbone)
     options = speed_options(config) if variant.startswith("fastadapt-fast") else {}
-    if variant.endswith("-checkpoint"):
-        options["inner_checkpoint"] = True
+    if variant != "fastadapt-fast-partial":
+        options["inner_checkpoint"] = variant.endswith("-checkpoint")
     return learner_backward(config, backbone, **options)
 
 

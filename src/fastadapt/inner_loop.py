@@ -183,10 +183,11 @@ def adapt(
     create_graph = not first_order and torch.is_grad_enabled()
     step = inner_step(model, support_x, support_y, loss_fn, names, tensor_aliases(model), second_order_kernels)
     with torch.enable_grad():
-        rebuilt = steps - kept_graphs(checkpoint, steps) if create_graph else 0
-        if rebuilt:  # the checkpointed run keeps its last step's graph: rebuilt + 1 steps
-            params = checkpointed_steps(step, params, buffers, lr, rebuilt + 1, names)
-        for _ in range(steps - rebuilt - (rebuilt > 0)):
+        kept = kept_graphs(checkpoint, steps) if create_graph else steps
+        if kept < steps:  # the checkpointed run rebuilds steps - kept steps and keeps its last one's graph
+            params = checkpointed_steps(step, params, buffers, lr, steps - kept + 1, names)
+            kept -= 1
+        for _ in range(kept):
             params = step(params, buffers, lr, create_graph)
     return params
 
