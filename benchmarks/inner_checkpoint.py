@@ -13,8 +13,8 @@ user writes: one task's graph at a time), ``fastadapt`` (defaults), ``fastadapt-
 (``fastadapt.bench.speed_options``: two task workers, bfloat16 query passes, ... with every inner
 step's graph kept, ``inner_checkpoint=False``), ``fastadapt-fast-partial`` (``speed_options`` as
 ``fastadapt bench --fast`` runs them since ac5617b: ``inner_checkpoint = inner_steps // workers``),
-each ``-checkpoint`` with ``inner_checkpoint=True`` (one step's graph kept). Columns: median step, peak RSS (``ru_maxrss`` after the timed
-steps) and, for the one-thread-of-tasks variants, the peak bytes of tensors autograd saves for
+each ``-checkpoint`` with ``inner_checkpoint=True`` (one step's graph kept). Columns: median
+step, peak RSS (``ru_maxrss`` after the timed steps) and, for the one-thread-of-tasks variants, the peak bytes of tensors autograd saves for
 backward during one more step (``torch.autograd.graph.saved_tensors_hooks``, counted exactly:
 what the graph holds, whatever the allocator does; the hooks are per thread, so the two-worker
 variants leave it empty). Rows go to ``results/inner_checkpoint.jsonl``.

@@ -128,7 +128,7 @@ def test_an_int_checkpoint_keeps_that_many_inner_step_graphs():
         with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda held: held.tensor):
             _meta_step(_conv_net(), checkpoint, 0.3, steps=6)
         peaks[checkpoint] = counter.peak
-    step_graph = (peaks[3] - peaks[2])  # one more kept step
+    step_graph = peaks[3] - peaks[2]  # one more kept step
     assert step_graph > 0
     assert peaks[2] - peaks[True] == pytest.approx(step_graph, rel=0.05)
     assert peaks[6] == peaks[False]  # keeping every step is no checkpointing

@@ -215,9 +215,10 @@ def map_interleaved(model: nn.Module, tasks: int, workers: int, job: Callable[[i
     left. At most ``workers + 1`` jobs are under way at once (the next task is started when
     one finishes): each holds its state (Reptile: adapted weights and Adam moments) from its
     first step to its last, and one job more than threads is enough to keep them busy (5
-    Reptile tasks on 2 threads: 12.7 instead of 15.5 MB of tensors at the peak, same step
-    time, an ad hoc measurement). A job's steps run one at a time, in order. Results are in
-    task order; a job must reach the model only through the module each of its steps receives.
+    Reptile tasks on 2 threads: 12.7 instead of 15.5 MB of pooled tensors at the peak at about
+    the same step time, 65 vs 64 ms; with only 2 under way 73 ms; ad hoc measurements). A
+    job's steps run one at a time, in order. Results are in task order; a job must reach the
+    model only through the module each of its steps receives.
     """
     check_workers(workers)
     workers = min(workers, tasks)
