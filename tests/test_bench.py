@@ -83,6 +83,11 @@ def test_fast_second_order_maml_with_workers_keeps_as_many_step_graphs_as_one_un
         assert "inner_checkpoint" not in bench.speed_options(bench.CONFIGS["maml-5w1s-2nd"])  # one step: nothing to rebuild
     first_order = dataclasses.replace(twenty, algorithm_args=twenty.algorithm_args | {"first_order": True})
     assert "inner_checkpoint" not in bench.speed_options(first_order)
+    row = lambda name: BenchResult(name, "tasks", 16, 1, 1.0, 1.0, 1.0, 400.0, 10**9)
+    table = format_table([row("maml-20w1s-5steps"), row("maml-20w1s-5steps (fast)"), row("maml-5w1s-2nd (fast)")], 300.0, 2)
+    assert table.splitlines()[-1] == ("maml-20w1s-5steps (fast): inner_checkpoint=2 (the last 2 of 5 inner steps' graphs "
+                                      "kept per task, the others rebuilt in the backward)")
+    assert "inner_checkpoint" not in format_table([row("maml-20w1s-5steps (fast)")], 300.0, 1)
 
 
 def test_bench_unknown_config(capsys):

@@ -182,14 +182,21 @@ def speed_options(config: BenchConfig, workers: bool = True) -> dict[str, Any]:
     }.get(config.algorithm, {})
     if workers and config.algorithm in TASK_WORKERS:
         options["task_workers"] = torch.get_num_threads()
-    if _second_order_maml(config):
-        if kernels_available():
-            options["second_order_kernels"] = True
-        steps = config.algorithm_args.get("inner_steps", 1)  # MAML's default
-        kept = max(1, steps // options.get("task_workers", 1))
-        if kept < steps:
-            options["inner_checkpoint"] = kept
+    if _second_order_maml(config) and kernels_available():
+        options["second_order_kernels"] = True
+    kept = _fast_inner_checkpoint(config, options.get("task_workers", 1))
+    if kept is not None:
+        options["inner_checkpoint"] = kept
     return options
+
+
+def _fast_inner_checkpoint(config: BenchConfig, workers: int) -> int | None:
+    """``speed_options``' ``inner_checkpoint`` for ``workers`` task workers (None: not set)."""
+    if not _second_order_maml(config):
+        return None
+    steps = config.algorithm_args.get("inner_steps", 1)  # MAML's default
+    kept = max(1, steps // workers)
+    return kept if kept < steps else None
 
 
 TASK_WORKERS = ("maml", "reptile")
@@ -451,6 +458,12 @@ def format_table(
             "without second_order_kernels (fastadapt's C++ kernels do not compile here: "
             "pip install 'fastadapt[kernels]' and a C++ compiler)"
         ))
+    for r in results:
+        config = CONFIGS[r.config.split()[0]]
+        kept = _fast_inner_checkpoint(config, threads) if r.config.endswith("(fast)") else None
+        if kept is not None:
+            lines.append(f"{r.config}: inner_checkpoint={kept} (the last {kept} of {config.algorithm_args['inner_steps']} "
+                         "inner steps' graphs kept per task, the others rebuilt in the backward)")
     return "\n".join(lines)
 
 
