@@ -214,10 +214,10 @@ def map_interleaved(model: nn.Module, tasks: int, workers: int, job: Callable[[i
     put it back at the end of the queue, so all threads stay busy while any job has steps
     left. At most ``workers + 1`` jobs are under way at once (the next task is started when
     one finishes): each holds its state (Reptile: adapted weights and Adam moments) from its
-    first step to its last, and one job more than threads is enough to keep them busy (5
-    Reptile tasks on 2 threads: 12.7 instead of 15.5 MB of pooled tensors at the peak at about
-    the same step time, 65 vs 64 ms; with only 2 under way 73 ms; ad hoc measurements). A
-    job's steps run one at a time, in order. Results are in task order; a job must reach the
+    first step to its last, and one job more than threads is enough to keep them busy (with
+    only ``workers`` under way, a thread would idle while the last job runs alone). With
+    Reptile's in-order sum this took its two-worker variant from 339 to 336 MB peak RSS as
+    shipped (``benchmarks/README.md``, peers re-run). A job's steps run one at a time, in order. Results are in task order; a job must reach the
     model only through the module each of its steps receives.
     """
     check_workers(workers)
