@@ -217,7 +217,8 @@ def map_interleaved(model: nn.Module, tasks: int, workers: int, job: Callable[[i
     first step to its last, and one job more than threads is enough to keep them busy (with
     only ``workers`` under way, a thread would idle while the last job runs alone). With
     Reptile's in-order sum this took its two-worker variant from 339 to 336 MB peak RSS as
-    shipped (``benchmarks/README.md``, peers re-run). A job's steps run one at a time, in order. Results are in task order; a job must reach the
+    shipped (``benchmarks/results/peers-recheck-ckpt.jsonl`` against ``peers.jsonl`` at d6f269a).
+    A job's steps run one at a time, in order. Results are in task order; a job must reach the
     model only through the module each of its steps receives.
     """
     check_workers(workers)
