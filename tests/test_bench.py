@@ -122,3 +122,33 @@ def test_measure_opens_the_timed_window_after_warmup_and_can_skip_flop_counting(
     m = bench.measure(config, make_backward, steps=2, warmup=3, on_timed_start=lambda: events.append("open"), flops=False)
     assert events == ["step"] * 3 + ["open"] + ["step"] * 2
     assert len(m.times) == 2 and m.flops == 0 and m.peak_rss_mb > 0
+
+
+def test_speed_settings_use_bfloat16_only_where_the_cpu_has_it_natively(monkeypatch):
+    row = lambda name: BenchResult(name, "tasks", 32, 1, 0.5, 0.5, 0.5, 400.0, 10**9)
+    for native in (True, False):
+        monkeypatch.setattr(bench, "native_bfloat16", lambda device_type, native=native: native)
+        for name in ("maml-5w1s-2nd", "maml-5w1s-1st", "protonet-5w5s", "protonet-60w5s"):
+            assert bench.speed_options(bench.CONFIGS[name]).get("precision") == ("bfloat16" if native else None)
+        assert "precision" not in bench.speed_options(bench.CONFIGS["reptile-5w"])
+        assert bench.speed_options(bench.CONFIGS["maml-5w1s-1st"])["query_channels_last"] is True
+        table = format_table([row("protonet-5w5s"), row("protonet-5w5s (fast)")], 300.0, threads=2)
+        assert ("rows: bfloat16 (this CPU has native" if native else "rows: float32 (this CPU has no native") in table
+    # tables without a fast or lean MAML/ProtoNet row say nothing about precision
+    assert "bfloat16" not in format_table([row("protonet-5w5s"), row("reptile-5w (fast)")], 300.0, threads=2)
+
+
+def test_matmul_peak_times_a_smaller_product_where_one_is_slow(monkeypatch):
+    sizes = []
+    real_mm = torch.mm
+
+    def slow_mm(a, b):  # stands in for an emulated dtype: every product takes the probe's time
+        sizes.append(a.shape[0])
+        return real_mm(a, b)
+
+    monkeypatch.setattr(bench.torch, "mm", slow_mm)
+    assert bench.matmul_peak(size=1024, repeats=2, probe_s=0.0) > 0
+    assert sizes == [256, 256, 256]  # the probe (also the warm-up), then the repeats
+    sizes.clear()
+    bench.matmul_peak(size=1024, repeats=1, probe_s=float("inf"))
+    assert sizes == [256, 512, 1024, 1024]  # fast: doubled up to the requested size

@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fastadapt.algorithms import create_algorithm
 from fastadapt.double_backward import kernels_available
 from fastadapt.models import create_model
-from fastadapt.runtime import tune_allocator
+from fastadapt.runtime import native_bfloat16, tune_allocator
 from fastadapt.tasks.spec import EpisodeBatch, TaskSpec
 from fastadapt.tensor_pool import use_tensor_pool
 
@@ -165,22 +165,25 @@ def speed_options(config: BenchConfig, workers: bool = True) -> dict[str, Any]:
     """The algorithm arguments of fastadapt's speed settings (README "Speed settings") for ``config``;
     ``workers=False`` leaves out ``task_workers`` (one task's graph alive at a time).
 
-    MAML: bfloat16 query passes on channels-last parameters (``query_channels_last``),
+    ``precision="bfloat16"`` (MAML, ProtoNet) only where this CPU has native bfloat16
+    (``fastadapt.runtime.native_bfloat16``: AMX-BF16 / AVX512-BF16); elsewhere it is emulated
+    and the step ran 5x slower (MAML 5w1s second order on an AVX2 EPYC, ``benchmarks/ablation.py``).
+    MAML: query passes (bfloat16 where native) on channels-last parameters (``query_channels_last``),
     ``task_workers`` = the intra-op threads (tasks split over threads, one intra-op thread
     each) and, second order, ``second_order_kernels`` where fastadapt's C++ kernels compile
     here (``fastadapt.double_backward.kernels_available``; left out where they do not, and
     ``format_table`` says which) and, with several inner steps and workers,
     ``inner_checkpoint = inner_steps // task_workers`` (at least 1): the workers together keep
     no more inner-step graphs alive than one task without checkpointing (MAML 20-way 5-step on
-    2 workers: the last 2 steps' graphs kept, 3 rebuilt); ProtoNet: bfloat16 backbone (plus
+    2 workers: the last 2 steps' graphs kept, 3 rebuilt); ProtoNet: bfloat16 backbone where native (plus
     channels-last parameters, applied by ``fast_backward``); its one episode per step has no
     tasks to split.
     Reptile: ``task_workers`` (plus channels-last parameters: faster convolutions with one
     intra-op thread per worker; it has no reduced-precision option).
     """
-    options: dict[str, Any] = {
-        "maml": {"precision": "bfloat16", "query_channels_last": True}, "protonet": {"precision": "bfloat16"},
-    }.get(config.algorithm, {})
+    options: dict[str, Any] = {"maml": {"query_channels_last": True}}.get(config.algorithm, {})
+    if config.algorithm in REDUCED_PRECISION and native_bfloat16("cpu"):
+        options["precision"] = "bfloat16"
     if workers and config.algorithm in TASK_WORKERS:
         options["task_workers"] = torch.get_num_threads()
     if _second_order_maml(config) and kernels_available():
@@ -198,6 +201,10 @@ def _fast_inner_checkpoint(config: BenchConfig, workers: int) -> int | None:
     steps = config.algorithm_args.get("inner_steps", 1)  # MAML's default
     kept = max(1, steps // workers)
     return kept if kept < steps else None
+
+
+REDUCED_PRECISION = ("maml", "protonet")
+"""Algorithms whose speed settings include ``precision="bfloat16"`` where the CPU has it natively."""
 
 
 TASK_WORKERS = ("maml", "reptile")
@@ -244,17 +251,31 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_peak(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """Best GFLOP/s of a ``size x size`` matmul in ``dtype`` with the current thread count."""
+def matmul_peak(
+    size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32, probe_s: float = 0.05,
+) -> float:
+    """Best GFLOP/s of a square matmul in ``dtype`` with the current thread count.
+
+    The side doubles from 256 up to ``size`` while one product takes under ``probe_s``
+    seconds, so a dtype the CPU only emulates (bfloat16 without AMX/AVX512-BF16: ~0.3 GFLOP/s
+    on an AVX2 EPYC, a minute per 2048x2048 product) is timed on a smaller product instead
+    of stalling the run; where the hardware is fast the product is ``size x size``.
+    """
     g = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(size, size, generator=g).to(dtype) for _ in range(2))
-    torch.mm(a, b)  # warm-up
+    n = min(256, size)
+    while True:
+        a, b = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
+        start = time.perf_counter()
+        torch.mm(a, b)  # warm-up, and the probe of the product's time
+        if n >= size or time.perf_counter() - start >= probe_s:
+            break
+        n = min(2 * n, size)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 class Measurement(NamedTuple):
@@ -453,6 +474,12 @@ def format_table(
     lines.append("allocator: " + ("glibc malloc defaults, PyTorch's CPU allocator" if not allocator else
                                   "tune_allocator + tensor pool (the engine's defaults)" if kernels_available() else
                                   "tune_allocator; no tensor pool (fastadapt's C++ extension does not compile here)"))
+    if any(r.config.endswith(("(fast)", "(lean)")) and CONFIGS[r.config.split()[0]].algorithm in REDUCED_PRECISION
+           for r in results):
+        lines.append("MAML and ProtoNet (fast, lean) rows: " + (
+            "bfloat16 (this CPU has native bfloat16)" if native_bfloat16("cpu") else
+            "float32 (this CPU has no native bfloat16 instructions, so bfloat16 would be emulated and slower)"
+        ))
     if any(r.config.endswith(("(fast)", "(lean)")) and _second_order_maml(CONFIGS[r.config.split()[0]]) for r in results):
         lines.append("second-order MAML (fast, lean) rows: " + (
             "with second_order_kernels" if kernels_available() else

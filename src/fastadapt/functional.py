@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from fastadapt.runtime import compute_precision
+from fastadapt.runtime import compute_precision, resolve_precision
 
 
 class MeanCI(NamedTuple):
@@ -108,13 +108,14 @@ def embed_episodes(
             (embeddings ``(N, D)`` or feature maps ``(N, C, H, W)``).
         support_x: ``(B, N_s, *example_shape)``.
         query_x: ``(B, N_q, *example_shape)``.
-        precision: ``"float32"`` or ``"bfloat16"`` (backbone under autocast, features
-            returned as float32; see ``fastadapt.runtime.compute_precision``).
+        precision: ``"float32"``, ``"bfloat16"`` (backbone under autocast, features
+            returned in the inputs' dtype) or ``"auto"`` (``fastadapt.runtime.resolve_precision``).
 
     Returns:
         ``(B, N_s, *feature_shape)`` and ``(B, N_q, *feature_shape)``, unflattened.
     """
     tasks, n_support, n_query = support_x.shape[0], support_x.shape[1], query_x.shape[1]
+    precision = resolve_precision(precision, support_x.device.type)
     with compute_precision(precision, support_x.device.type):
         features = backbone(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))  # (B*(N_s+N_q), *F)
     if precision != "float32":

@@ -31,7 +31,7 @@ from torch.func import functional_call
 
 from fastadapt.double_backward import explicit_double_backward, load_kernels
 from fastadapt.inner_checkpoint import Params, StepFn, checkpointed_steps
-from fastadapt.runtime import check_precision, compute_precision
+from fastadapt.runtime import check_precision, compute_precision, resolve_precision
 from fastadapt.task_parallel import check_workers, map_shares
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -99,6 +99,7 @@ def query_forward(
     """
     if channels_last:
         params = {n: p.clone(memory_format=torch.channels_last) if p.dim() == 4 else p for n, p in params.items()}
+    precision = resolve_precision(precision, x.device.type)
     if precision == "float32":
         return forward(model, params, buffers, x)
     with compute_precision(precision, x.device.type):
@@ -456,7 +457,7 @@ class InnerLoop:
         batching: ``"stream"`` (tasks in a loop, each task's meta-gradient taken at once:
             ``streamed_meta_loss``), ``"loop"`` (tasks in a loop, one graph for the meta-batch:
             ``meta_batch_loss``) or ``"vmap"`` (``torch.func.vmap`` over tasks).
-        precision: of the query forward passes, ``"float32"`` or ``"bfloat16"`` (``query_forward``).
+        precision: of the query forward passes, ``"float32"``, ``"bfloat16"`` or ``"auto"`` (``query_forward``).
         workers: threads the tasks are split over (``"stream"`` and ``predict``;
             ``fastadapt.task_parallel``).
         query_channels_last: the query passes on NHWC copies of the parameters (``query_forward``).

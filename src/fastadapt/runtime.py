@@ -3,7 +3,10 @@
 ``compute_precision`` gives the autocast context behind the learners' ``precision``
 option: ``"bfloat16"`` runs matrix multiplications and convolutions in bfloat16 (master
 weights, losses and optimiser state stay float32). Whole training steps gained 1.24x
-(MAML) to 1.46x (ProtoNet) on the project's AVX512-BF16 CPU (``benchmarks/precision.py``).
+(MAML) to 1.46x (ProtoNet) on an Intel CPU with AMX-BF16 (``benchmarks/precision.py``);
+on a CPU without native bfloat16 instructions oneDNN emulates it and the same passes
+run many times slower (an AMD EPYC Zen 2, AVX2: a 64-channel 3x3 convolution 5.5 vs 107
+GFLOP/s), so ``"auto"`` picks bfloat16 only where ``native_bfloat16`` says the hardware has it.
 
 ``tune_allocator`` stops glibc's malloc from handing large freed blocks back to the
 system after every step. By default glibc serves big temporaries (a meta-batch, a
@@ -19,7 +22,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import platform
+import warnings
+from pathlib import Path
 
 import torch
 
@@ -43,7 +49,43 @@ def tune_allocator(trim_threshold: int = 2**31 - 1, top_pad: int = 256 * 2**20) 
     return bool(applied and libc.mallopt(_M_TOP_PAD, top_pad))
 
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+# /proc/cpuinfo flags of native bfloat16 arithmetic: x86 AMX tiles and AVX512 dot products,
+# Arm's BF16 extension (on its "Features" line).
+_BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The feature flags the first processor of ``cpuinfo`` lists (empty where the file is unreadable)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+@functools.cache
+def native_bfloat16(device_type: str = "cpu") -> bool:
+    """Whether ``device_type`` runs bfloat16 matrix products and convolutions on native instructions.
+
+    CPU: the processor lists AMX-BF16 or AVX512-BF16 (x86) or BF16 (Arm) in ``/proc/cpuinfo``
+    (elsewhere, or unreadable: ``False``); without them oneDNN emulates bfloat16 in float32
+    registers with conversions around every block. CUDA: ``torch.cuda.is_bf16_supported``
+    without emulation. Other devices: ``True`` (their autocast decides).
+    """
+    if device_type == "cpu":
+        return bool(cpu_flags() & _BF16_CPU_FLAGS)
+    if device_type == "cuda":
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.4 has no including_emulation argument
+            return torch.cuda.is_bf16_supported()
+    return True
 
 
 def check_precision(precision: str) -> None:
@@ -52,15 +94,34 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``"float32"`` or ``"bfloat16"``: what ``precision`` means for tensors on ``device_type``.
+
+    ``"auto"`` is bfloat16 where ``native_bfloat16(device_type)``, float32 elsewhere. An explicit
+    ``"bfloat16"`` is honoured everywhere (same arithmetic, native or emulated), with a
+    ``RuntimeWarning`` (once per process and call site) where it is emulated.
+    """
+    check_precision(precision)
+    if precision == "auto":
+        return "bfloat16" if native_bfloat16(device_type) else "float32"
+    if precision == "bfloat16" and not native_bfloat16(device_type):
+        warnings.warn(
+            f"precision='bfloat16' on a {device_type} without native bfloat16 instructions: emulated, so "
+            "typically several times slower than float32 (precision='auto' picks float32 here)",
+            RuntimeWarning, stacklevel=3,
+        )
+    return precision
+
+
 def compute_precision(precision: str, device_type: str) -> contextlib.AbstractContextManager:
     """The context a learner's ``precision`` setting runs its selected forward passes in.
 
     Args:
-        precision: ``"float32"`` (no autocast) or ``"bfloat16"`` (``torch.autocast`` to bfloat16).
+        precision: ``"float32"`` (no autocast), ``"bfloat16"`` (``torch.autocast`` to bfloat16)
+            or ``"auto"`` (bfloat16 where the hardware has it natively; ``resolve_precision``).
         device_type: ``"cpu"``, ``"cuda"``, ... (the inputs' ``tensor.device.type``).
     """
-    check_precision(precision)
-    if precision == "float32":
+    if resolve_precision(precision, device_type) == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=torch.bfloat16)
 

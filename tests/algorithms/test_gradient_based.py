@@ -277,6 +277,15 @@ def test_bfloat16_query_pass_keeps_the_meta_gradient_within_the_stated_bound():
     torch.testing.assert_close(_conv4_meta_gradient("bfloat16", torch.float32), fast)  # deterministic
 
 
+def test_auto_precision_is_the_native_one(monkeypatch):
+    import fastadapt.runtime as runtime
+
+    for native, same_as in ((False, "float32"), (True, "bfloat16")):
+        monkeypatch.setattr(runtime, "native_bfloat16", lambda device_type, native=native: native)
+        torch.testing.assert_close(_conv4_meta_gradient("auto", torch.float32), _conv4_meta_gradient(same_as, torch.float32),
+                                   rtol=0, atol=0)
+
+
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of .* got 'fp8'"):
         MAML(mlp(), precision="fp8")

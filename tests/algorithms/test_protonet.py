@@ -54,3 +54,16 @@ def test_bfloat16_backbone_gives_float32_logits_close_to_float32():
     assert backbone.weight.grad is not None and backbone.weight.grad.dtype == torch.float32
     with pytest.raises(ValueError, match="precision must be one of"):
         ProtoNet(backbone, precision="half")
+
+
+def test_auto_precision_backbone_is_float32_where_bfloat16_is_emulated(monkeypatch):
+    import fastadapt.runtime as runtime
+
+    batch = identity_batch()
+    backbone = nn.Linear(2, 8)
+    for native, same_as in ((False, "float32"), (True, "bfloat16")):
+        monkeypatch.setattr(runtime, "native_bfloat16", lambda device_type, native=native: native)
+        auto = ProtoNet(backbone, precision="auto").predict(batch.support_x, batch.support_y, batch.query_x)
+        expected = ProtoNet(backbone, precision=same_as).predict(batch.support_x, batch.support_y, batch.query_x)
+        assert auto.dtype == torch.float32
+        torch.testing.assert_close(auto, expected, rtol=0, atol=0)

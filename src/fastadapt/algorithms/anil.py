@@ -37,7 +37,7 @@ class ANIL(nn.Module):
         first_order: bool = False,
         loss: Literal["cross_entropy", "mse"] = "cross_entropy",
         task_batching: Literal["stream", "loop", "vmap"] = "stream",
-        precision: Literal["float32", "bfloat16"] = "float32",
+        precision: Literal["float32", "bfloat16", "auto"] = "float32",
         task_workers: int = 1,
         query_channels_last: bool = False,
         inner_checkpoint: bool | int = False,

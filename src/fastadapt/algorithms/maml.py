@@ -48,7 +48,9 @@ class MAML(nn.Module):
         precision: ``"bfloat16"`` runs the query forward passes (and the backward through
             them) under bfloat16 autocast, the inner loop in float32
             (``fastadapt.inner_loop.query_forward``): a 1.24x faster Omniglot 5-way 1-shot step
-            on the project's AVX512-BF16 CPU (``benchmarks/precision.py``).
+            on an AMX-BF16 CPU (``benchmarks/precision.py``), many times slower where bfloat16
+            is emulated; ``"auto"`` uses bfloat16 only where it is native
+            (``fastadapt.runtime.resolve_precision``).
         task_workers: threads the tasks are split over with ``"stream"`` and in ``predict``
             (``fastadapt.task_parallel``); each gets ``torch.get_num_threads() // task_workers``
             intra-op threads.
@@ -83,7 +85,7 @@ class MAML(nn.Module):
         adapt: str | None = None,
         loss: Literal["cross_entropy", "mse"] = "cross_entropy",
         task_batching: Literal["stream", "loop", "vmap"] = "stream",
-        precision: Literal["float32", "bfloat16"] = "float32",
+        precision: Literal["float32", "bfloat16", "auto"] = "float32",
         task_workers: int = 1,
         query_channels_last: bool = False,
         second_order_kernels: bool = False,

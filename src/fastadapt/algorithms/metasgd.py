@@ -44,7 +44,7 @@ class MetaSGD(nn.Module):
         adapt: str | None = None,
         loss: Literal["cross_entropy", "mse"] = "cross_entropy",
         task_batching: Literal["stream", "loop", "vmap"] = "stream",
-        precision: Literal["float32", "bfloat16"] = "float32",
+        precision: Literal["float32", "bfloat16", "auto"] = "float32",
         task_workers: int = 1,
         query_channels_last: bool = False,
         second_order_kernels: bool = False,

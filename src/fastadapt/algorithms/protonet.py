@@ -33,7 +33,8 @@ class ProtoNet(nn.Module):
             ``scale * cosine``); the paper uses 1 with Euclidean distance.
         learn_temperature: make the scale a meta-parameter (stored as its logarithm).
         precision: ``"bfloat16"`` runs the backbone under bfloat16 autocast (distances,
-            loss and weights stay float32; ``fastadapt.runtime.compute_precision``).
+            loss and weights stay float32; ``fastadapt.runtime.compute_precision``);
+            ``"auto"`` does so only where the hardware has bfloat16 natively.
     """
 
     def __init__(
@@ -42,7 +43,7 @@ class ProtoNet(nn.Module):
         distance: Literal["euclidean", "cosine"] = "euclidean",
         temperature: float = 1.0,
         learn_temperature: bool = False,
-        precision: Literal["float32", "bfloat16"] = "float32",
+        precision: Literal["float32", "bfloat16", "auto"] = "float32",
     ) -> None:
         super().__init__()
         if distance not in DISTANCES:
