@@ -27,7 +27,7 @@ def reproductions() -> str:
         lines.append(
             f"| `{r['recipe']}` | {paper} | **{r['mean']:.{digits}f} ± {r['ci95']:.{digits}f}** (n={r['n']}, {r['spec']}) | {r['bn']} | "
             f"{r['iterations']} ({r['paper_iterations']}) | {r['train_seconds'] / 60:.1f} min | {r['cpus']} CPU, {r['threads']} threads, "
-            f"malloc {r['malloc']} | {r['commit']} | `{r['command']}`{note} |"
+            f"malloc {r['malloc']}{'' if 'cpu' not in r else ', ' + _cpu(r)} | {r['commit']} | `{r['command']}`{note} |"
         )
     return "\n".join(lines)
 
@@ -75,8 +75,9 @@ def _rss_margin(r: dict, rows: list[dict]) -> str:
     return f"{r['peak_rss_mb'] - min(peers):+.0f}" if peers else ""
 
 
-def peers() -> str:
-    rows = latest("peers", key="run")
+def peers(name: str = "peers") -> str:
+    """``results/<name>.jsonl``'s last run of ``benchmarks/peers/run.py``."""
+    rows = latest(name, key="run")
     lines = ["| setting (matmul peak f32 / bf16) | config | variant | throughput | vs best peer | median ms (min-max) | "
              "peak RSS MB | vs lowest peer MB | GFLOP / step | GFLOP/s | % of matmul peak f32 (bf16) | meta-grad max rel err f32 (f64) | threads | "
              "commit |",
@@ -131,14 +132,21 @@ def precision() -> str:
 def ablation() -> str:
     """``benchmarks/ablation.py`` (all rows, each group an experiment of its own commit; a group's first
     variant is its baseline)."""
-    lines = ["| config | variant | options | median ms / step (repeats) | vs first | peak RSS MB | threads | commit |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["| config | variant | options | median ms / step (repeats) | vs first | peak RSS MB | threads | cpu | commit |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | --- |"]
     for r in read_rows("ablation"):
         options = " ".join(f"{k}={v}" for k, v in r["options"].items()) or "defaults"
         repeats = ", ".join(f"{1e3 * t:.0f}" for t in r["repeat_medians_s"])
         lines.append(f"| {r['config']} | {r['variant']} | `{options}` | {1e3 * r['median_s']:.1f} ({repeats}) | "
-                     f"{r['speedup_vs_first']:.2f}x | {r['peak_rss_mb']:.0f} | {r['threads']} | {r['commit']} |")
+                     f"{r['speedup_vs_first']:.2f}x | {r['peak_rss_mb']:.0f} | {r['threads']} | {_cpu(r)} | {r['commit']} |")
     return "\n".join(lines)
+
+
+def _cpu(r: dict) -> str:
+    """The row's processor, as ``common.environment`` records it (rows before 2026-12-06 did not)."""
+    if "cpu" not in r:
+        return "not recorded"
+    return f"{r['cpu']}, {r['cpu_capability']}" + (", bf16" if r["bf16_native"] else "")
 
 
 def functional_call() -> str:
@@ -178,6 +186,7 @@ def inner_checkpoint() -> str:
 
 
 TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching": task_batching, "peers": peers,
+          "peers_amd": lambda: peers("peers-amd"),
           "distributed": distributed, "precision": precision, "ablation": ablation, "functional_call": functional_call,
           "heap": heap, "inner_checkpoint": inner_checkpoint}
 

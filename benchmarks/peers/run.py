@@ -6,8 +6,9 @@ Run with the benchmark environment of ``benchmarks/peers/setup_env.sh`` (the pee
 never dependencies of the package). Every (setting, config, variant) runs in its own
 process: same Conv-4 and seeded synthetic Omniglot-shaped batches (``fastadapt.bench``),
 same threads, warm-up excluded; FLOPs counted once per variant with
-``torch.utils.flop_counter``; float32 and bfloat16 2048x2048 matmul peaks timed in their own process
-per setting; the meta-gradient of the first batch at the initial weights compared with the
+``torch.utils.flop_counter``; float32 and bfloat16 matmul peaks (2048x2048, or smaller where
+one product is slow: ``fastadapt.bench.matmul_peak``) timed in their own process per
+setting; the meta-gradient of the first batch at the initial weights compared with the
 plain PyTorch loop's. Three settings: ``shipped`` (glibc malloc defaults; fastadapt calls
 ``fastadapt.runtime.tune_allocator()`` and ``fastadapt.tensor_pool.use_tensor_pool()`` as its
 engine does by default, the peers do not), ``tuned`` (``common.TUNED_MALLOC`` in every
@@ -118,7 +119,7 @@ def figures(result: dict, peaks: dict) -> dict:
 
 def measure_setting(args: argparse.Namespace, setting: str, run_id: str, scratch: Path) -> None:
     peaks = spawn(args, setting, "-", "matmul", "-")
-    print(f"\n## {SETTINGS[setting]}: 2048x2048 matmul {peaks['matmul_gflops']:.1f} GFLOP/s float32, "
+    print(f"\n## {SETTINGS[setting]}: square matmul peak {peaks['matmul_gflops']:.1f} GFLOP/s float32, "
           f"{peaks['matmul_bf16_gflops']:.1f} bfloat16, {args.threads} threads", flush=True)
     print("| config | variant | throughput | median ms | min-max ms | peak RSS MB | GFLOP/step | GFLOP/s | % peak f32 (bf16) | "
           "grad rel err f32 / f64 |")

@@ -175,9 +175,9 @@ def speed_options(config: BenchConfig, workers: bool = True) -> dict[str, Any]:
     ``format_table`` says which) and, with several inner steps and workers,
     ``inner_checkpoint = inner_steps // task_workers`` (at least 1): the workers together keep
     no more inner-step graphs alive than one task without checkpointing (MAML 20-way 5-step on
-    2 workers: the last 2 steps' graphs kept, 3 rebuilt); ProtoNet: bfloat16 backbone where native (plus
-    channels-last parameters, applied by ``fast_backward``); its one episode per step has no
-    tasks to split.
+    2 workers: the last 2 steps' graphs kept, 3 rebuilt); ProtoNet: bfloat16 backbone where
+    native (plus channels-last parameters, applied by ``fast_backward``); its one episode per
+    step has no tasks to split.
     Reptile: ``task_workers`` (plus channels-last parameters: faster convolutions with one
     intra-op thread per worker; it has no reduced-precision option).
     """
