@@ -42,18 +42,6 @@ def commit() -> str:
 _COMMIT_AT_START = commit()
 
 
-def cpu_model() -> str:
-    """The processor's model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, sep, value = line.partition(":")
-            if sep and key.strip() == "model name":
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment() -> dict[str, Any]:
     """Facts that qualify every figure; the commit is HEAD when the script started.
 
@@ -62,12 +50,13 @@ def environment() -> dict[str, Any]:
     machines have been Intel CPUs with AMX-BF16 and AMD EPYC (Zen 2) CPUs with AVX2 only,
     and bfloat16 figures in particular differ between them by orders of magnitude.
     """
-    from fastadapt.runtime import native_bfloat16
+    from fastadapt.runtime import hardware
 
+    facts = hardware()
     return {
-        "cpu": cpu_model(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "bf16_native": native_bfloat16("cpu"),
+        "cpu": facts["cpu"],
+        "cpu_capability": facts["cpu_capability"],
+        "bf16_native": facts["bf16_native"],
         "commit": _COMMIT_AT_START,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

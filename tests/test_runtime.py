@@ -28,7 +28,7 @@ def test_compute_precision_autocasts_matmuls_only_when_asked():
 
 
 def test_cpu_flags_read_x86_and_arm_lines(tmp_path):
-    from fastadapt.runtime import cpu_flags
+    from fastadapt.runtime import cpu_flags, cpu_model
 
     x86 = tmp_path / "x86"
     x86.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 amx_bf16 avx512_bf16\n\nprocessor\t: 1\nflags\t: fpu\n")
@@ -37,6 +37,7 @@ def test_cpu_flags_read_x86_and_arm_lines(tmp_path):
     assert cpu_flags(x86) == {"fpu", "avx2", "amx_bf16", "avx512_bf16"}  # the first processor's
     assert "bf16" in cpu_flags(arm)
     assert cpu_flags(tmp_path / "missing") == frozenset()
+    assert cpu_model(x86) == "Some CPU" and cpu_model(arm)  # Arm lists no model name: platform's answer
 
 
 def test_auto_precision_is_bfloat16_only_where_native_and_emulated_bfloat16_warns(monkeypatch):

@@ -56,17 +56,37 @@ PRECISIONS = ("float32", "bfloat16", "auto")
 _BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
 
 
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
-    """The feature flags the first processor of ``cpuinfo`` lists (empty where the file is unreadable)."""
+def _cpuinfo_field(keys: tuple[str, ...], cpuinfo: str | Path) -> str | None:
+    """The value of the first line of ``cpuinfo`` whose key is in ``keys`` (None: none, or unreadable)."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
         key, sep, value = line.partition(":")
-        if sep and key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+        if sep and key.strip() in keys:
+            return value.strip()
+    return None
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The feature flags the first processor of ``cpuinfo`` lists (empty where the file is unreadable)."""
+    return frozenset((_cpuinfo_field(("flags", "Features"), cpuinfo) or "").split())
+
+
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The processor's model name from ``cpuinfo`` (``platform.processor()`` where it has none)."""
+    return _cpuinfo_field(("model name",), cpuinfo) or platform.processor() or platform.machine()
+
+
+def hardware() -> dict[str, object]:
+    """What qualifies a speed or precision figure of this process: the CPU's model, PyTorch's
+    kernel level for it (``AVX2``, ``AVX512``, ...), whether it has native bfloat16
+    (``native_bfloat16``), the torch version and the intra-op threads."""
+    return {
+        "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_native": native_bfloat16("cpu"), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    }
 
 
 @functools.cache

@@ -31,6 +31,18 @@ def test_write_results_records_the_test_figure_and_the_reference(tmp_path):
     assert payload["test"]["n"] == 1000 and payload["checkpoint_iteration"] == 500
     assert payload["train_iterations"] == 600 and payload["reference"]["value"] == config.reference.value
     assert not (tmp_path / "results.json.tmp").exists()
+    assert set(payload["hardware"]) == {"cpu", "cpu_capability", "bf16_native", "torch", "threads"}
+    assert payload["hardware"]["torch"] == torch.__version__ and "precision" not in payload  # ProtoNet's recipe sets none
+
+
+def test_write_results_records_what_precision_auto_resolved_to(tmp_path, monkeypatch):
+    import fastadapt.engine.runs as runs
+
+    config = resolve_config("omniglot/protonet-5w1s", ["algorithm.args.precision=auto"])
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(runs, "resolve_precision", lambda p, d, native=native: "bfloat16" if native else "float32")
+        write_results(tmp_path, config, result(), iteration=1, elapsed=1.0, trained=1)
+        assert json.loads((tmp_path / "results.json").read_text())["precision"] == expected
 
 
 def test_checkpoint_file_of_a_run_directory_is_its_best_checkpoint(tmp_path):

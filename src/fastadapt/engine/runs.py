@@ -18,17 +18,23 @@ from fastadapt.config import Config, apply_overrides
 from fastadapt.engine import build, distributed
 from fastadapt.engine.checkpoint import load_checkpoint
 from fastadapt.engine.evaluate import EvalResult, evaluate
+from fastadapt.runtime import hardware, resolve_precision
 
 
 def write_results(
     run_dir: Path, config: Config, result: EvalResult, iteration: int, elapsed: float, trained: int
 ) -> None:
-    """``results.json``: the test figure beside the paper's."""
+    """``results.json``: the test figure beside the paper's, and the hardware it was measured on
+    (``fastadapt.runtime.hardware``; with ``precision`` among the algorithm's arguments, also what it
+    resolved to here: ``"auto"`` is bfloat16 only on a CPU with native bfloat16)."""
     payload = {
         "recipe": config.name, "test": result.as_dict(), "checkpoint_iteration": iteration,
         "train_iterations": trained, "configured_iterations": config.train.iterations, "train_seconds": elapsed,
         "reference": {"value": config.reference.value, "ci95": config.reference.ci95, "source": config.reference.source},
+        "hardware": hardware(),
     }
+    if "precision" in config.algorithm.args:
+        payload["precision"] = resolve_precision(config.algorithm.args["precision"], "cpu")
     tmp = run_dir / "results.json.tmp"
     tmp.write_text(json.dumps(payload, indent=2))
     tmp.replace(run_dir / "results.json")
