@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     bench.add_argument("--no-tune-allocator", action="store_true", help="leave glibc malloc at its defaults and PyTorch's CPU allocator in place (no tensor pool)")
     bench.add_argument("--fast", action="store_true",
-                       help="also time each config with the speed settings (bfloat16, task workers, channels-last)")
+                       help="also time each config with the speed settings (bfloat16 where the CPU has it natively, task workers, channels-last, ...)")
     bench.add_argument("--lean", action="store_true",
                        help="also time the speed settings without task workers (one task's graph at a time: "
                             "less memory, slower; MAML and Reptile)")
