@@ -75,9 +75,16 @@ def _rss_margin(r: dict, rows: list[dict]) -> str:
     return f"{r['peak_rss_mb'] - min(peers):+.0f}" if peers else ""
 
 
-def peers(name: str = "peers") -> str:
-    """``results/<name>.jsonl``'s last run of ``benchmarks/peers/run.py``."""
-    rows = latest(name, key="run")
+def latest_per_setting(name: str) -> list[dict]:
+    """The rows of each setting's last run in ``results/<name>.jsonl`` (settings in order of appearance)."""
+    rows = read_rows(name)
+    last = {r["setting"]: r["run"] for r in rows}
+    return [r for setting, run in last.items() for r in rows if r["setting"] == setting and r["run"] == run]
+
+
+def peers(name: str = "peers", rows: list[dict] | None = None) -> str:
+    """``results/<name>.jsonl``'s last run of ``benchmarks/peers/run.py`` (or ``rows``)."""
+    rows = latest(name, key="run") if rows is None else rows
     lines = ["| setting (matmul peak f32 / bf16) | config | variant | throughput | vs best peer | median ms (min-max) | "
              "peak RSS MB | vs lowest peer MB | GFLOP / step | GFLOP/s | % of matmul peak f32 (bf16) | meta-grad max rel err f32 (f64) | threads | "
              "commit |",
@@ -186,7 +193,7 @@ def inner_checkpoint() -> str:
 
 
 TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching": task_batching, "peers": peers,
-          "peers_amd": lambda: peers("peers-amd"),
+          "peers_amd": lambda: peers(rows=latest_per_setting("peers-amd")),
           "distributed": distributed, "precision": precision, "ablation": ablation, "functional_call": functional_call,
           "heap": heap, "inner_checkpoint": inner_checkpoint}
 
