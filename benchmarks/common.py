@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from fastadapt.runtime import hardware
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -50,16 +50,8 @@ def environment() -> dict[str, Any]:
     machines have been Intel CPUs with AMX-BF16 and AMD EPYC (Zen 2) CPUs with AVX2 only,
     and bfloat16 figures in particular differ between them by orders of magnitude.
     """
-    from fastadapt.runtime import hardware
-
-    facts = hardware()
-    return {
-        "cpu": facts["cpu"],
-        "cpu_capability": facts["cpu_capability"],
-        "bf16_native": facts["bf16_native"],
+    return hardware() | {
         "commit": _COMMIT_AT_START,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "malloc": "tuned" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "default",

@@ -82,9 +82,9 @@ def latest_per_setting(name: str) -> list[dict]:
     return [r for setting, run in last.items() for r in rows if r["setting"] == setting and r["run"] == run]
 
 
-def peers(name: str = "peers", rows: list[dict] | None = None) -> str:
-    """``results/<name>.jsonl``'s last run of ``benchmarks/peers/run.py`` (or ``rows``)."""
-    rows = latest(name, key="run") if rows is None else rows
+def peers(rows: list[dict] | None = None) -> str:
+    """``rows`` of ``benchmarks/peers/run.py`` (default: ``results/peers.jsonl``'s last run)."""
+    rows = latest("peers", key="run") if rows is None else rows
     lines = ["| setting (matmul peak f32 / bf16) | config | variant | throughput | vs best peer | median ms (min-max) | "
              "peak RSS MB | vs lowest peer MB | GFLOP / step | GFLOP/s | % of matmul peak f32 (bf16) | meta-grad max rel err f32 (f64) | threads | "
              "commit |",

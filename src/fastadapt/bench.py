@@ -257,9 +257,9 @@ def matmul_peak(
     """Best GFLOP/s of a square matmul in ``dtype`` with the current thread count.
 
     The side doubles from 256 up to ``size`` while one product takes under ``probe_s``
-    seconds, so a dtype the CPU only emulates (bfloat16 without AMX/AVX512-BF16: ~0.3 GFLOP/s
-    on an AVX2 EPYC, a minute per 2048x2048 product) is timed on a smaller product instead
-    of stalling the run; where the hardware is fast the product is ``size x size``.
+    seconds, so a dtype the CPU only emulates (bfloat16 without AMX/AVX512-BF16: 1.3 GFLOP/s on
+    a 256x256 product on an AVX2 EPYC, ``benchmarks/results/peers-amd.jsonl``) is timed on a
+    small product instead of stalling the run; where the hardware is fast it is ``size x size``.
     """
     g = torch.Generator().manual_seed(0)
     n = min(256, size)
