@@ -38,6 +38,12 @@ def test_cpu_flags_read_x86_and_arm_lines(tmp_path):
     assert "bf16" in cpu_flags(arm)
     assert cpu_flags(tmp_path / "missing") == frozenset()
     assert cpu_model(x86) == "Some CPU" and cpu_model(arm)  # Arm lists no model name: platform's answer
+    generic = tmp_path / "generic"
+    generic.write_text("processor\t: 0\ncpu family\t: 23\nmodel\t\t: 49\nmodel name\t: AMD EPYC\nflags\t: avx2\n")
+    assert cpu_model(generic) == "AMD EPYC (family 23, model 49)"  # no model number in the name: told apart
+    numbered = tmp_path / "numbered"
+    numbered.write_text("cpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C CPU\n")
+    assert cpu_model(numbered) == "Intel(R) Xeon(R) Platinum 8481C CPU"
 
 
 def test_auto_precision_is_bfloat16_only_where_native_and_emulated_bfloat16_warns(monkeypatch):

@@ -75,8 +75,20 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
 
 
 def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
-    """The processor's model name from ``cpuinfo`` (``platform.processor()`` where it has none)."""
-    return _cpuinfo_field(("model name",), cpuinfo) or platform.processor() or platform.machine()
+    """The processor's model name from ``cpuinfo`` (``platform.processor()`` where it has none).
+
+    A name without a model number (a hypervisor may report just ``AMD EPYC``) gets the CPU
+    family and model appended, ``"AMD EPYC (family 23, model 1)"``: two such machines differ
+    (here: a first-generation EPYC, 128-bit AVX2 units, and a second-generation one) and
+    their speed figures must not be mixed up.
+    """
+    name = _cpuinfo_field(("model name",), cpuinfo)
+    if not name:
+        return platform.processor() or platform.machine()
+    family, model = _cpuinfo_field(("cpu family",), cpuinfo), _cpuinfo_field(("model",), cpuinfo)
+    if any(c.isdigit() for c in name) or family is None or model is None:
+        return name
+    return f"{name} (family {family}, model {model})"
 
 
 def hardware() -> dict[str, object]:
