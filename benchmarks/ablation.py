@@ -1,12 +1,13 @@
 """One learner option at a time: training-step time of a benchmark config with and without it.
 
     python benchmarks/ablation.py CONFIG --base key=value ... --variant NAME key=value ... [--variant ...]
-        [--threads 2] [--steps 10] [--repeats 2]
+        [--threads 2] [--steps 10] [--repeats 2] [--pool]
 
 Each variant is the base options plus its own (values parsed as Python literals where they
 can be: ``2``, ``True``, ``"bfloat16"``; ``channels_last=True`` means ``train.channels_last``),
 timed with ``fastadapt.bench.measure`` (same Conv-4, seeded synthetic batches, warm-up excluded,
-``tune_allocator``) in a fresh process per variant and repeat, the repeats interleaved so a
+``tune_allocator``; ``--pool``: and the tensor pool, as the engine and the peers run's ``shipped``
+setting) in a fresh process per variant and repeat, the repeats interleaved so a
 change of machine load hits every variant alike. Prints each variant's median step over the
 repeats and its ratio to the first variant; appends rows to ``results/ablation.jsonl``.
 
@@ -31,6 +32,7 @@ from common import append_row, environment
 
 from fastadapt.bench import CONFIGS, learner_backward, measure
 from fastadapt.runtime import tune_allocator
+from fastadapt.tensor_pool import use_tensor_pool
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -47,8 +49,10 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
-def child(config: str, options: dict[str, Any], threads: int, steps: int) -> dict[str, Any]:
+def child(config: str, options: dict[str, Any], threads: int, steps: int, pool: bool = False) -> dict[str, Any]:
     tune_allocator()
+    if pool and not use_tensor_pool():
+        raise RuntimeError("--pool needs fastadapt's C++ extension, which cannot be built here")
     torch.set_num_threads(threads)
     bench = CONFIGS[config]
     m = measure(bench, lambda c, backbone: learner_backward(c, backbone, **options), steps=steps, warmup=2)
@@ -63,10 +67,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--pool", action="store_true", help="fastadapt's tensor pool as well (the engine's default)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.config, json.loads(args.child), args.threads, args.steps)))
+        print(json.dumps(child(args.config, json.loads(args.child), args.threads, args.steps, args.pool)))
         return
     base = parse_options(args.base)
     variants = {name: base | parse_options(pairs) for name, *pairs in args.variant}
@@ -74,7 +79,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, options in variants.items():
             command = [sys.executable, __file__, args.config, "--variant", name, "--threads", str(args.threads),
-                       "--steps", str(args.steps), "--child", json.dumps(options)]
+                       "--steps", str(args.steps), "--child", json.dumps(options)] + ["--pool"] * args.pool
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
     first = None
@@ -86,7 +91,7 @@ def main() -> None:
         append_row("ablation", environment() | {
             "config": args.config, "variant": name, "options": variants[name], "median_s": median,
             "repeat_medians_s": [r["median_s"] for r in results], "peak_rss_mb": rss, "speedup_vs_first": first / median,
-            "steps": args.steps, "repeats": args.repeats, "threads": args.threads,
+            "steps": args.steps, "repeats": args.repeats, "threads": args.threads, "pool": args.pool,
         })
 
 

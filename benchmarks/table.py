@@ -194,6 +194,7 @@ def inner_checkpoint() -> str:
 
 TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching": task_batching, "peers": peers,
           "peers_amd": lambda: peers(rows=latest_per_setting("peers-amd")),
+          "peers_epyc1": lambda: peers(rows=latest_per_setting("peers-epyc1")),
           "distributed": distributed, "precision": precision, "ablation": ablation, "functional_call": functional_call,
           "heap": heap, "inner_checkpoint": inner_checkpoint}
 

@@ -19,6 +19,7 @@ def test_bench_cli_prints_table(capsys):
     assert "throughput" in header and "% matmul peak" in header and "peak RSS MB" in header
     assert row.startswith("| protonet-5w5s | ") and "episodes/s" in row
     assert "matmul peak:" in out
+    assert f"{bench.cpu_model()} ({torch.backends.cpu.get_cpu_capability()})" in out  # figures name their CPU
 
 
 def test_bench_fast_adds_a_row_with_the_speed_settings(capsys):

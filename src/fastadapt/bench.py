@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fastadapt.algorithms import create_algorithm
 from fastadapt.double_backward import kernels_available
 from fastadapt.models import create_model
-from fastadapt.runtime import native_bfloat16, tune_allocator
+from fastadapt.runtime import cpu_model, native_bfloat16, tune_allocator
 from fastadapt.tasks.spec import EpisodeBatch, TaskSpec
 from fastadapt.tensor_pool import use_tensor_pool
 
@@ -470,7 +470,7 @@ def format_table(
         )
     threads = torch.get_num_threads() if threads is None else threads
     lines.append(f"\nfloat32 2048x2048 matmul peak: {matmul_gflops:.1f} GFLOP/s, {threads} threads, "
-                 f"torch {torch.__version__}")
+                 f"torch {torch.__version__}, {cpu_model()} ({torch.backends.cpu.get_cpu_capability()})")
     lines.append("allocator: " + ("glibc malloc defaults, PyTorch's CPU allocator" if not allocator else
                                   "tune_allocator + tensor pool (the engine's defaults)" if kernels_available() else
                                   "tune_allocator; no tensor pool (fastadapt's C++ extension does not compile here)"))
