@@ -56,22 +56,24 @@ PRECISIONS = ("float32", "bfloat16", "auto")
 _BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
 
 
-def _cpuinfo_field(keys: tuple[str, ...], cpuinfo: str | Path) -> str | None:
-    """The value of the first line of ``cpuinfo`` whose key is in ``keys`` (None: none, or unreadable)."""
+def _cpuinfo(cpuinfo: str | Path) -> dict[str, str]:
+    """Each key of ``cpuinfo`` with the value of its first line (empty where the file is unreadable)."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
-        return None
+        return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
-        if sep and key.strip() in keys:
-            return value.strip()
-    return None
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
     """The feature flags the first processor of ``cpuinfo`` lists (empty where the file is unreadable)."""
-    return frozenset((_cpuinfo_field(("flags", "Features"), cpuinfo) or "").split())
+    fields = _cpuinfo(cpuinfo)
+    return frozenset((fields.get("flags") or fields.get("Features") or "").split())
 
 
 def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
@@ -82,10 +84,10 @@ def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     (here: a first-generation EPYC, 128-bit AVX2 units, and a second-generation one) and
     their speed figures must not be mixed up.
     """
-    name = _cpuinfo_field(("model name",), cpuinfo)
+    fields = _cpuinfo(cpuinfo)
+    name, family, model = fields.get("model name"), fields.get("cpu family"), fields.get("model")
     if not name:
         return platform.processor() or platform.machine()
-    family, model = _cpuinfo_field(("cpu family",), cpuinfo), _cpuinfo_field(("model",), cpuinfo)
     if any(c.isdigit() for c in name) or family is None or model is None:
         return name
     return f"{name} (family {family}, model {model})"
