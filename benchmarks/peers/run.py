@@ -16,6 +16,14 @@ variant's environment, nobody calls either) and ``pooled`` (``tuned``'s environm
 variant, the peers included, on fastadapt's tensor pool: the pool's effect apart from the
 libraries'). Rows go to ``results/peers.jsonl`` (``--smoke``: ``results/peers-smoke.jsonl``);
 ``python benchmarks/table.py`` renders them into ``benchmarks/README.md``.
+
+``--rounds R`` (for VMs whose speed drifts over minutes): each config's variants run R times,
+each time in a fresh process with ``ceil(steps / R)`` timed steps, the order rotated by one
+variant per round (round r starts with the r-th variant), so that a slow spell of the machine
+falls on every variant alike. A row then pools the step times of its R processes (median,
+min, max over all of them), reports the median of their peak RSS (all R in
+``peak_rss_mb_rounds``), and the matmul peaks are probed before and after the setting (the
+higher of the two divides; both in ``matmul_*_probes``).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -81,9 +90,10 @@ def child(args: argparse.Namespace) -> None:
     side = importlib.import_module(VARIANTS[args.variant])
     config = smoke_config(CONFIGS[args.config]) if args.smoke else CONFIGS[args.config]
     m = measure(config, side.BACKWARD[config.algorithm], steps=args.steps, warmup=args.warmup)
-    # After the timing, so that neither check counts in the peak memory.
-    torch.save({dtype: meta_gradient(config, side.BACKWARD[config.algorithm], getattr(torch, dtype))
-                for dtype in ("float32", "float64")}, args.gradient_out)
+    # After the timing, so that neither check counts in the peak memory ("-": another round checks it).
+    if args.gradient_out != "-":
+        torch.save({dtype: meta_gradient(config, side.BACKWARD[config.algorithm], getattr(torch, dtype))
+                    for dtype in ("float32", "float64")}, args.gradient_out)
     print(json.dumps({"times": m.times, "flops": m.flops, "peak_rss_mb": m.peak_rss_mb, "version": side.version(),
                       "loaded_as": side.NOTE, "per_step": config.tasks, "unit": config.unit}))
 
@@ -106,6 +116,22 @@ def max_relative_error(gradient: torch.Tensor, reference: torch.Tensor) -> float
     return float((gradient - reference).abs().max() / reference.abs().max())
 
 
+def pool_rounds(results: list[dict]) -> dict:
+    """One result from the processes of a variant's rounds: all step times, the median peak RSS."""
+    failed = [r for r in results if "error" in r]
+    if failed:
+        return failed[0]
+    rss = [r["peak_rss_mb"] for r in results]
+    return results[0] | {"times": [t for r in results for t in r["times"]], "peak_rss_mb": statistics.median(rss),
+                         "peak_rss_mb_rounds": rss, "rounds": len(results)}
+
+
+def probe_peaks(probes: list[dict]) -> dict:
+    """The matmul peaks as the higher of the probes so far, each probe's figures kept."""
+    peaks = {key: max(p[key] for p in probes) for key in ("matmul_gflops", "matmul_bf16_gflops")}
+    return peaks | {f"{key}_probes": [p[key] for p in probes] for key in peaks} if len(probes) > 1 else peaks
+
+
 def figures(result: dict, peaks: dict) -> dict:
     """Step-time statistics and achieved GFLOP/s, also as a percentage of the float32 and bfloat16 matmul peaks."""
     times = sorted(result.pop("times"))
@@ -118,33 +144,54 @@ def figures(result: dict, peaks: dict) -> dict:
 
 
 def measure_setting(args: argparse.Namespace, setting: str, run_id: str, scratch: Path) -> None:
-    peaks = spawn(args, setting, "-", "matmul", "-")
+    probes = [spawn(args, setting, "-", "matmul", "-")]
+    peaks = probe_peaks(probes)
     print(f"\n## {SETTINGS[setting]}: square matmul peak {peaks['matmul_gflops']:.1f} GFLOP/s float32, "
-          f"{peaks['matmul_bf16_gflops']:.1f} bfloat16, {args.threads} threads", flush=True)
+          f"{peaks['matmul_bf16_gflops']:.1f} bfloat16, {args.threads} threads"
+          + (f", {args.rounds} interleaved rounds" if args.rounds > 1 else ""), flush=True)
     print("| config | variant | throughput | median ms | min-max ms | peak RSS MB | GFLOP/step | GFLOP/s | % peak f32 (bf16) | "
           "grad rel err f32 / f64 |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    measured: list[tuple[str, str, dict]] = []
     for name in args.configs:
         algorithm = CONFIGS[name].algorithm
         variants = [REFERENCE] + [v for v in args.variants if v != REFERENCE] if REFERENCE in args.variants else args.variants
-        for variant in variants:
-            if algorithm not in importlib.import_module(VARIANTS[variant]).BACKWARD:
-                continue
-            gradient_out = str(scratch / f"{setting}-{name}-{variant}.pt")
-            result = spawn(args, setting, name, variant, gradient_out, args.steps or CONFIGS[name].steps)
-            row = environment() | {"run": run_id, "setting": setting, "malloc": "default" if setting == "shipped" else "tuned",
-                                   "tune_allocator": tunes_allocator(setting, variant),
-                                   "tensor_pool": uses_pool(setting, variant), "config": name,
-                                   "variant": variant, "smoke": args.smoke, "warmup": args.warmup}
-            if "error" not in result:
-                row |= figures(result, peaks)
-                reference = scratch / f"{setting}-{name}-{REFERENCE}.pt"
-                if reference.exists() and variant != REFERENCE:
-                    ours, ref = torch.load(gradient_out), torch.load(reference)
-                    row["grad_max_rel_err"] = max_relative_error(ours["float32"], ref["float32"])
-                    row["grad_max_rel_err_f64"] = max_relative_error(ours["float64"], ref["float64"])
-            append_row(args.results, row)
-            print(line(row), flush=True)
+        variants = [v for v in variants if algorithm in importlib.import_module(VARIANTS[v]).BACKWARD]
+        if not variants:
+            continue
+        steps = math.ceil((args.steps or CONFIGS[name].steps) / args.rounds)
+        results: dict[str, list[dict]] = {v: [] for v in variants}
+        for round_ in range(args.rounds):
+            shift = round_ % len(variants)
+            for variant in variants[shift:] + variants[:shift]:
+                gradient_out = str(scratch / f"{setting}-{name}-{variant}.pt") if round_ == 0 else "-"
+                results[variant].append(spawn(args, setting, name, variant, gradient_out, steps))
+        measured += [(name, variant, pool_rounds(results[variant])) for variant in variants]
+        if args.rounds == 1:  # rows as they come; with rounds, after the closing matmul probe
+            write_rows(args, setting, run_id, scratch, measured, peaks)
+            measured = []
+    if measured:
+        probes.append(spawn(args, setting, "-", "matmul", "-"))
+        write_rows(args, setting, run_id, scratch, measured, probe_peaks(probes))
+
+
+def write_rows(args: argparse.Namespace, setting: str, run_id: str, scratch: Path,
+               measured: list[tuple[str, str, dict]], peaks: dict) -> None:
+    for name, variant, result in measured:
+        gradient_out = scratch / f"{setting}-{name}-{variant}.pt"
+        row = environment() | {"run": run_id, "setting": setting, "malloc": "default" if setting == "shipped" else "tuned",
+                               "tune_allocator": tunes_allocator(setting, variant),
+                               "tensor_pool": uses_pool(setting, variant), "config": name,
+                               "variant": variant, "smoke": args.smoke, "warmup": args.warmup}
+        if "error" not in result:
+            row |= figures(result, peaks)
+            reference = scratch / f"{setting}-{name}-{REFERENCE}.pt"
+            if reference.exists() and variant != REFERENCE:
+                ours, ref = torch.load(gradient_out), torch.load(reference)
+                row["grad_max_rel_err"] = max_relative_error(ours["float32"], ref["float32"])
+                row["grad_max_rel_err_f64"] = max_relative_error(ours["float64"], ref["float64"])
+        append_row(args.results, row)
+        print(line(row), flush=True)
 
 
 def line(r: dict) -> str:
@@ -164,6 +211,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: each config's; --smoke: 2)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="interleaved rounds per config: each variant R times in rotated order (module docstring)")
     parser.add_argument("--smoke", action="store_true", help="2 timed steps, 1 warm-up, meta-batches of at most 2 tasks")
     parser.add_argument("--results", default=None, help="results/NAME.jsonl (default peers, or peers-smoke with --smoke)")
     parser.add_argument("--child", nargs=3, metavar=("SETTING", "CONFIG", "VARIANT"), help=argparse.SUPPRESS)
@@ -173,6 +222,8 @@ def main() -> None:
         args.setting, args.config, args.variant = args.child
         child(args)
         return
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     if args.smoke:
         args.steps, args.warmup = args.steps or 2, 1
     args.results = args.results or ("peers-smoke" if args.smoke else "peers")
