@@ -22,8 +22,8 @@ each time in a fresh process with ``ceil(steps / R)`` timed steps, the order rot
 variant per round (round r starts with the r-th variant), so that a slow spell of the machine
 falls on every variant alike. A row then pools the step times of its R processes (median,
 min, max over all of them), reports the median of their peak RSS (all R in
-``peak_rss_mb_rounds``), and the matmul peaks are probed before and after the setting (the
-higher of the two divides; both in ``matmul_*_probes``).
+``peak_rss_mb_rounds``), and the matmul peaks are probed before and after each config's rounds
+(the higher of the two divides; both in ``matmul_*_probes``).
 """
 
 from __future__ import annotations
@@ -152,7 +152,6 @@ def measure_setting(args: argparse.Namespace, setting: str, run_id: str, scratch
     print("| config | variant | throughput | median ms | min-max ms | peak RSS MB | GFLOP/step | GFLOP/s | % peak f32 (bf16) | "
           "grad rel err f32 / f64 |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    measured: list[tuple[str, str, dict]] = []
     for name in args.configs:
         algorithm = CONFIGS[name].algorithm
         variants = [REFERENCE] + [v for v in args.variants if v != REFERENCE] if REFERENCE in args.variants else args.variants
@@ -166,13 +165,10 @@ def measure_setting(args: argparse.Namespace, setting: str, run_id: str, scratch
             for variant in variants[shift:] + variants[:shift]:
                 gradient_out = str(scratch / f"{setting}-{name}-{variant}.pt") if round_ == 0 else "-"
                 results[variant].append(spawn(args, setting, name, variant, gradient_out, steps))
-        measured += [(name, variant, pool_rounds(results[variant])) for variant in variants]
-        if args.rounds == 1:  # rows as they come; with rounds, after the closing matmul probe
-            write_rows(args, setting, run_id, scratch, measured, peaks)
-            measured = []
-    if measured:
-        probes.append(spawn(args, setting, "-", "matmul", "-"))
-        write_rows(args, setting, run_id, scratch, measured, probe_peaks(probes))
+        if args.rounds > 1:  # the probes around this config's rounds
+            probes = probes[-1:] + [spawn(args, setting, "-", "matmul", "-")]
+            peaks = probe_peaks(probes)
+        write_rows(args, setting, run_id, scratch, [(name, v, pool_rounds(results[v])) for v in variants], peaks)
 
 
 def write_rows(args: argparse.Namespace, setting: str, run_id: str, scratch: Path,
