@@ -195,6 +195,8 @@ def inner_checkpoint() -> str:
 TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching": task_batching, "peers": peers,
           "peers_amd": lambda: peers(rows=latest_per_setting("peers-amd")),
           "peers_epyc1": lambda: peers(rows=latest_per_setting("peers-epyc1")),
+          "peers_xeon": lambda: peers(rows=latest_per_setting("peers-xeon")),
+          "peers_xeon_rounds": lambda: peers(rows=latest_per_setting("peers-xeon-rounds")),
           "distributed": distributed, "precision": precision, "ablation": ablation, "functional_call": functional_call,
           "heap": heap, "inner_checkpoint": inner_checkpoint}
 
