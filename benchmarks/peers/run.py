@@ -116,6 +116,12 @@ def max_relative_error(gradient: torch.Tensor, reference: torch.Tensor) -> float
     return float((gradient - reference).abs().max() / reference.abs().max())
 
 
+def round_order(variants: list[str], round_: int) -> list[str]:
+    """The variants in the order of round ``round_``: rotated left by one variant per round."""
+    shift = round_ % len(variants)
+    return variants[shift:] + variants[:shift]
+
+
 def pool_rounds(results: list[dict]) -> dict:
     """One result from the processes of a variant's rounds: all step times, the median peak RSS."""
     failed = [r for r in results if "error" in r]
@@ -161,8 +167,7 @@ def measure_setting(args: argparse.Namespace, setting: str, run_id: str, scratch
         steps = math.ceil((args.steps or CONFIGS[name].steps) / args.rounds)
         results: dict[str, list[dict]] = {v: [] for v in variants}
         for round_ in range(args.rounds):
-            shift = round_ % len(variants)
-            for variant in variants[shift:] + variants[:shift]:
+            for variant in round_order(variants, round_):
                 gradient_out = str(scratch / f"{setting}-{name}-{variant}.pt") if round_ == 0 else "-"
                 results[variant].append(spawn(args, setting, name, variant, gradient_out, steps))
         if args.rounds > 1:  # the probes around this config's rounds
