@@ -196,7 +196,8 @@ TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching":
           "peers_amd": lambda: peers(rows=latest_per_setting("peers-amd")),
           "peers_epyc1": lambda: peers(rows=latest_per_setting("peers-epyc1")),
           "peers_xeon": lambda: peers(rows=latest_per_setting("peers-xeon")),
-          "peers_xeon_rounds": lambda: peers(rows=latest_per_setting("peers-xeon-rounds")),
+          "peers_xeon_rounds": lambda: peers(rows=latest_per_setting("peers-xeon-rounds")
+                                             + latest_per_setting("peers-xeon-rounds-protonet")),
           "distributed": distributed, "precision": precision, "ablation": ablation, "functional_call": functional_call,
           "heap": heap, "inner_checkpoint": inner_checkpoint}
 
