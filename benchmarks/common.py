@@ -59,6 +59,20 @@ def environment() -> dict[str, Any]:
     }
 
 
+def process_memory_mb(fields: tuple[str, ...] = ("VmHWM", "VmRSS", "RssAnon", "RssFile")) -> dict[str, float]:
+    """This process's memory figures from ``/proc/self/status`` in MB (empty where there is none).
+
+    ``VmHWM`` is the peak resident size, the others are current: resident anonymous memory
+    (heaps, the tensor pool's blocks) and resident file-backed pages (libraries' code and data).
+    """
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    values = {line.split(":")[0]: line.split()[1:] for line in lines}
+    return {f: int(values[f][0]) / 1024 for f in fields if f in values and values[f][1:] == ["kB"]}
+
+
 def append_row(name: str, row: dict[str, Any]) -> None:
     RESULTS.mkdir(exist_ok=True)
     with open(RESULTS / f"{name}.jsonl", "a") as f:

@@ -39,3 +39,13 @@ def test_the_higher_matmul_probe_divides_and_both_are_kept():
     assert peaks["matmul_gflops"] == 350.0 and peaks["matmul_bf16_gflops"] == 60.0
     assert peaks["matmul_gflops_probes"] == [300.0, 350.0]
     assert run.probe_peaks(probes[:1]) == probes[0]
+
+
+def test_process_memory_is_read_in_mb_where_proc_exists():
+    memory = run.process_memory_mb()
+    if not Path("/proc/self/status").exists():
+        assert memory == {}
+        return
+    assert set(memory) == {"VmHWM", "VmRSS", "RssAnon", "RssFile"}
+    assert memory["VmHWM"] >= memory["VmRSS"] > 0
+    assert abs(memory["RssAnon"] + memory["RssFile"] - memory["VmRSS"]) < 0.1 * memory["VmRSS"]  # + RssShmem

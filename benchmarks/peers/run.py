@@ -24,6 +24,11 @@ falls on every variant alike. A row then pools the step times of its R processes
 min, max over all of them), reports the median of their peak RSS (all R in
 ``peak_rss_mb_rounds``), and the matmul peaks are probed before and after each config's rounds
 (the higher of the two divides; both in ``matmul_*_probes``).
+
+Every row also carries ``memory_after_mb`` (``VmHWM``, ``VmRSS``, ``RssAnon``, ``RssFile`` of
+``/proc/self/status`` after the timed steps and the FLOP count; per round in
+``memory_after_mb_rounds``): peak RSS moved by 16-26 MB between runs for every variant alike on one
+machine, and the split into anonymous and file-backed pages says which kind moved.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import torch  # noqa: E402
-from common import TUNED_MALLOC, append_row, environment  # noqa: E402
+from common import TUNED_MALLOC, append_row, environment, process_memory_mb  # noqa: E402
 
 from fastadapt.bench import CONFIGS, BenchConfig, matmul_peak, measure, meta_gradient, set_threads  # noqa: E402
 
@@ -90,12 +95,14 @@ def child(args: argparse.Namespace) -> None:
     side = importlib.import_module(VARIANTS[args.variant])
     config = smoke_config(CONFIGS[args.config]) if args.smoke else CONFIGS[args.config]
     m = measure(config, side.BACKWARD[config.algorithm], steps=args.steps, warmup=args.warmup)
+    memory = process_memory_mb()  # after the FLOP count: its anonymous / file-backed split, for drifts between runs
     # After the timing, so that neither check counts in the peak memory ("-": another round checks it).
     if args.gradient_out != "-":
         torch.save({dtype: meta_gradient(config, side.BACKWARD[config.algorithm], getattr(torch, dtype))
                     for dtype in ("float32", "float64")}, args.gradient_out)
     print(json.dumps({"times": m.times, "flops": m.flops, "peak_rss_mb": m.peak_rss_mb, "version": side.version(),
-                      "loaded_as": side.NOTE, "per_step": config.tasks, "unit": config.unit}))
+                      "loaded_as": side.NOTE, "per_step": config.tasks, "unit": config.unit,
+                      "memory_after_mb": memory}))
 
 
 def spawn(args: argparse.Namespace, setting: str, config: str, variant: str, gradient_out: str, steps: int = 1) -> dict:
@@ -129,7 +136,8 @@ def pool_rounds(results: list[dict]) -> dict:
         return failed[0]
     rss = [r["peak_rss_mb"] for r in results]
     return results[0] | {"times": [t for r in results for t in r["times"]], "peak_rss_mb": statistics.median(rss),
-                         "peak_rss_mb_rounds": rss, "rounds": len(results)}
+                         "peak_rss_mb_rounds": rss, "rounds": len(results),
+                         "memory_after_mb_rounds": [r.get("memory_after_mb", {}) for r in results]}
 
 
 def probe_peaks(probes: list[dict]) -> dict:
