@@ -181,12 +181,13 @@ def measure_setting(args: argparse.Namespace, setting: str, run_id: str, scratch
         if args.rounds > 1:  # the probes around this config's rounds
             probes = probes[-1:] + [spawn(args, setting, "-", "matmul", "-")]
             peaks = probe_peaks(probes)
-        write_rows(args, setting, run_id, scratch, [(name, v, pool_rounds(results[v])) for v in variants], peaks)
+        write_rows(args, setting, run_id, scratch, name, {v: pool_rounds(r) for v, r in results.items()}, peaks)
 
 
-def write_rows(args: argparse.Namespace, setting: str, run_id: str, scratch: Path,
-               measured: list[tuple[str, str, dict]], peaks: dict) -> None:
-    for name, variant, result in measured:
+def write_rows(args: argparse.Namespace, setting: str, run_id: str, scratch: Path, name: str,
+               measured: dict[str, dict], peaks: dict) -> None:
+    """One row per variant of config ``name`` (``measured``: variant -> pooled result), appended and printed."""
+    for variant, result in measured.items():
         gradient_out = scratch / f"{setting}-{name}-{variant}.pt"
         row = environment() | {"run": run_id, "setting": setting, "malloc": "default" if setting == "shipped" else "tuned",
                                "tune_allocator": tunes_allocator(setting, variant),
