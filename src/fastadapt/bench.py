@@ -175,7 +175,9 @@ def speed_options(config: BenchConfig, workers: bool = True) -> dict[str, Any]:
     ``format_table`` says which) and, with several inner steps and workers,
     ``inner_checkpoint = inner_steps // task_workers`` (at least 1): the workers together keep
     no more inner-step graphs alive than one task without checkpointing (MAML 20-way 5-step on
-    2 workers: the last 2 steps' graphs kept, 3 rebuilt); ProtoNet: bfloat16 backbone where
+    2 workers: the last 2 steps' graphs kept, 3 rebuilt), and ``query_compact_activations``
+    where the kernels compile (smaller saved query activations: the memory two workers' graphs
+    add); ProtoNet: bfloat16 backbone where
     native (plus channels-last parameters, applied by ``fast_backward``); its one episode per
     step has no tasks to split.
     Reptile: ``task_workers`` (plus channels-last parameters: faster convolutions with one
@@ -188,6 +190,8 @@ def speed_options(config: BenchConfig, workers: bool = True) -> dict[str, Any]:
         options["task_workers"] = torch.get_num_threads()
     if _second_order_maml(config) and kernels_available():
         options["second_order_kernels"] = True
+    if config.algorithm == "maml" and kernels_available():
+        options["query_compact_activations"] = True
     kept = _fast_inner_checkpoint(config, options.get("task_workers", 1))
     if kept is not None:
         options["inner_checkpoint"] = kept

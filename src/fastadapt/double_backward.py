@@ -61,7 +61,8 @@ from fastadapt.runtime import autocast_enabled
 __all__ = ["ExplicitDoubleBackward", "explicit_double_backward", "kernels_available", "load_kernels"]
 
 
-def _expand(value: int | Sequence[int], dims: int) -> list[int]:
+def expand(value: int | Sequence[int], dims: int) -> list[int]:
+    """A convolution's ``stride``/``padding``/``dilation`` argument as one int per spatial dimension."""
     return [int(v) for v in value] if isinstance(value, (tuple, list)) else [int(value)] * dims
 
 
@@ -94,7 +95,7 @@ class ExplicitDoubleBackward(TorchFunctionMode):
         if isinstance(padding, str) or autocast_enabled(input.device.type):
             return None
         return self.kernels.conv(
-            input, weight, bias, _expand(stride, dims), _expand(padding, dims), _expand(dilation, dims), groups
+            input, weight, bias, expand(stride, dims), expand(padding, dims), expand(dilation, dims), groups
         )
 
     def _batch_norm(

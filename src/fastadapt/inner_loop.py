@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from fastadapt.compact_activations import compact_activations
 from fastadapt.double_backward import explicit_double_backward, load_kernels
 from fastadapt.inner_checkpoint import Params, StepFn, checkpointed_steps
 from fastadapt.runtime import check_precision, compute_precision, resolve_precision
@@ -77,7 +78,7 @@ def forward(
 
 def query_forward(
     model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor, precision: str,
-    *, channels_last: bool = False,
+    *, channels_last: bool = False, compact: bool = False,
 ) -> Tensor:
     """``forward`` of the query examples, under ``fastadapt.runtime.compute_precision(precision)``.
 
@@ -96,7 +97,18 @@ def query_forward(
     1.32x and a second-order one 1.14x faster (``benchmarks/ablation.py``). ``clone`` and not
     ``contiguous``: a kernel with one input channel is contiguous in both layouts, and only
     a clone gives it the NHWC strides that make the first convolution's output NHWC too.
+
+    ``compact=True`` runs the pass under ``fastadapt.compact_activations.compact_activations()``
+    (smaller saved activations; its backward is then differentiable once).
     """
+    with compact_activations(compact and torch.is_grad_enabled()):
+        return _query_forward(model, params, buffers, x, precision, channels_last)
+
+
+def _query_forward(
+    model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], x: Tensor, precision: str,
+    channels_last: bool,
+) -> Tensor:
     if channels_last:
         params = {n: p.clone(memory_format=torch.channels_last) if p.dim() == 4 else p for n, p in params.items()}
     precision = resolve_precision(precision, x.device.type)
@@ -335,6 +347,7 @@ def streamed_meta_loss(
     query_channels_last: bool = False,
     second_order_kernels: bool = False,
     checkpoint: bool | int = False,
+    query_compact: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``meta_batch_loss`` with each task's meta-gradient taken as soon as its query loss exists.
 
@@ -350,6 +363,8 @@ def streamed_meta_loss(
 
     Args:
         workers: threads the tasks are split over (``fastadapt.task_parallel.map_shares``).
+        query_compact: the query passes with compact saved activations (``query_forward``'s
+            ``compact``): each task's graph is differentiated once, right away, so that is all it needs.
         The other arguments and the shapes are those of ``meta_batch_loss``.
 
     Returns:
@@ -367,7 +382,9 @@ def streamed_meta_loss(
                 replica, params, support_x[t], support_y[t], loss_fn, steps, lr, first_order=first_order, names=names,
                 buffers=local, second_order_kernels=second_order_kernels, checkpoint=checkpoint,
             )
-            out = query_forward(replica, adapted, local, query_x[t], precision, channels_last=query_channels_last)
+            out = query_forward(
+                replica, adapted, local, query_x[t], precision, channels_last=query_channels_last, compact=query_compact
+            )
             loss = loss_fn(out, query_y[t])
             if wrt:
                 grads = torch.autograd.grad(loss / tasks, wrt, allow_unused=True)
@@ -466,6 +483,8 @@ class InnerLoop:
             construction, raising if that is impossible here.
         checkpoint: second-order inner steps rebuilt in the backward instead of kept: ``True``
             all but the last, an int ``k`` all but the last ``k`` (``adapt``; not with ``"vmap"``).
+        query_compact: the query passes with compact saved activations (``streamed_meta_loss``;
+            ``"stream"`` only); needs the C++ extension, compiled on construction.
     """
 
     loss: str
@@ -479,6 +498,7 @@ class InnerLoop:
     query_channels_last: bool = False
     second_order_kernels: bool = False
     checkpoint: bool | int = False
+    query_compact: bool = False
 
     def __post_init__(self) -> None:
         loss_function(self.loss)
@@ -490,16 +510,22 @@ class InnerLoop:
         check_workers(self.workers)
         check_checkpoint(self.checkpoint)
         check_vmap_options(self.batching, self.query_channels_last, self.second_order_kernels, self.checkpoint)
-        if self.second_order_kernels:
-            load_kernels()
         if self.workers > 1 and self.batching != "stream":
             raise ValueError(f"task_workers={self.workers} needs task_batching='stream', got {self.batching!r}")
+        if self.query_compact and self.batching != "stream":
+            raise ValueError(
+                f"query_compact_activations needs task_batching='stream' (its query graphs are differentiated "
+                f"once), got {self.batching!r}"
+            )
+        if self.second_order_kernels or self.query_compact:
+            load_kernels()
 
     @classmethod
     def for_backbone(
         cls, backbone: nn.Module, *, loss: str, steps: int, eval_steps: int | None, first_order: bool,
         adapt: str | None, batching: str, precision: str = "float32", workers: int = 1,
         query_channels_last: bool = False, second_order_kernels: bool = False, checkpoint: bool | int = False,
+        query_compact: bool = False,
     ) -> InnerLoop:
         """Settings checked against ``backbone``: ``adapt`` (a name pattern) selects the adapted
         parameters, ``eval_steps=None`` means ``steps``, and ``vmap`` is refused where torch <= 2.13
@@ -509,7 +535,7 @@ class InnerLoop:
         loop = cls(
             loss=loss, steps=steps, eval_steps=eval_steps, first_order=first_order, names=names, batching=batching,
             precision=precision, workers=workers, query_channels_last=query_channels_last,
-            second_order_kernels=second_order_kernels, checkpoint=checkpoint,
+            second_order_kernels=second_order_kernels, checkpoint=checkpoint, query_compact=query_compact,
         )
         if batching == "vmap" and not first_order and has_affine_batch_norm(backbone):
             raise ValueError(
@@ -532,7 +558,7 @@ class InnerLoop:
             "checkpoint": self.checkpoint,
         }
         if self.batching == "stream":
-            return streamed_meta_loss(*args, workers=self.workers, **options)
+            return streamed_meta_loss(*args, workers=self.workers, query_compact=self.query_compact, **options)
         return meta_batch_loss(*args, batching=self.batching, **options)
 
     def predict(

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from fastadapt.algorithms import ANIL, MAML, MetaSGD, Reptile
+from fastadapt.double_backward import kernels_available
 from fastadapt.inner_loop import adapt, forward, meta_batch_loss, tensor_aliases
 from fastadapt.models import create_model
 from fastadapt.tasks import EpisodeBatch, TaskSpec
@@ -385,6 +386,31 @@ def test_second_order_kernels_give_the_same_meta_gradient(name, batching, worker
         torch.testing.assert_close(a, g, rtol=1e-9, atol=1e-12)
     # the support passes (and only they) ran the compiled convolution
     assert {(k, "Conv" in n and "Cpp" in n) for k, n in nodes} == {(False, False), (True, True), (True, False)}
+
+
+@pytest.mark.skipif(not kernels_available(), reason="fastadapt's C++ extension cannot be built here")
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd"])
+def test_query_compact_activations_give_the_same_meta_gradient(name, workers):
+    # Conv-4 (1-channel input: its first convolution is recomputed), 2 inner steps, float64.
+    b = batch(tasks=3, image=True)
+    results, nodes = [], []
+    for compact in (False, True):
+        record = lambda o: nodes.append((compact, o.requires_grad and len(o) == len(b.query_x[0])))
+        results.append(_meta_step_with(name, "stream", workers, b, record, query_compact=compact))
+    (loss, logits, grads, predictions), (loss_c, logits_c, grads_c, predictions_c) = results
+    torch.testing.assert_close(loss_c, loss, rtol=1e-12, atol=0)
+    torch.testing.assert_close(logits_c, logits, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(predictions_c, predictions, rtol=0, atol=0)  # no graph: nothing changes
+    for a, g in zip(grads_c, grads):
+        torch.testing.assert_close(a, g, rtol=1e-9, atol=1e-12)
+    assert (True, True) in nodes  # the query passes ran with a graph
+
+
+def test_query_compact_activations_need_stream_batching():
+    with pytest.raises(ValueError, match="query_compact_activations needs task_batching='stream'"):
+        MAML(create_model("conv4", hidden=4, bn="batch", image_size=16, out_features=3), task_batching="loop",
+             query_compact_activations=True)
 
 
 def test_second_order_kernels_are_refused_with_vmap():

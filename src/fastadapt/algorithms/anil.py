@@ -24,7 +24,7 @@ class ANIL(nn.Module):
         backbone: ``(N, *example_shape) -> (N, ways)``.
         head: regular expression of the head's parameter names (``Conv4``'s head is ``head.``).
         inner_lr, inner_steps, eval_inner_steps, first_order, loss, task_batching, precision,
-            task_workers, query_channels_last, inner_checkpoint: as in ``MAML``.
+            task_workers, query_channels_last, inner_checkpoint, query_compact_activations: as in ``MAML``.
     """
 
     def __init__(
@@ -41,6 +41,7 @@ class ANIL(nn.Module):
         task_workers: int = 1,
         query_channels_last: bool = False,
         inner_checkpoint: bool | int = False,
+        query_compact_activations: bool = False,
     ) -> None:
         super().__init__()
         self.backbone, self.inner_lr = backbone, inner_lr
@@ -48,6 +49,7 @@ class ANIL(nn.Module):
             backbone, loss=loss, steps=inner_steps, eval_steps=eval_inner_steps, first_order=first_order,
             adapt=head, batching=task_batching, precision=precision, workers=task_workers,
             query_channels_last=query_channels_last, checkpoint=inner_checkpoint,
+            query_compact=query_compact_activations,
         )
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:

@@ -73,6 +73,11 @@ class MAML(nn.Module):
             ``task_workers``, ``k = inner_steps // 2`` keeps no more graphs alive than one worker
             without checkpointing). Same meta-gradients up to rounding; differentiable once where
             a step is rebuilt; no effect with ``first_order``; not with ``"vmap"``.
+        query_compact_activations: the query passes keep smaller activations for their
+            backward (``fastadapt.compact_activations``: a cheap first convolution's output
+            recomputed instead of kept, ReLU masks instead of outputs; compiled C++ on
+            construction): on the Omniglot Conv-4 a task's peak live memory drops from ~17 to
+            ~11 MB; same meta-gradients up to rounding; ``"stream"`` only.
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class MAML(nn.Module):
         query_channels_last: bool = False,
         second_order_kernels: bool = False,
         inner_checkpoint: bool | int = False,
+        query_compact_activations: bool = False,
     ) -> None:
         super().__init__()
         self.backbone, self.inner_lr = backbone, inner_lr
@@ -97,7 +103,7 @@ class MAML(nn.Module):
             backbone, loss=loss, steps=inner_steps, eval_steps=eval_inner_steps, first_order=first_order,
             adapt=adapt, batching=task_batching, precision=precision, workers=task_workers,
             query_channels_last=query_channels_last, second_order_kernels=second_order_kernels,
-            checkpoint=inner_checkpoint,
+            checkpoint=inner_checkpoint, query_compact=query_compact_activations,
         )
 
     def meta_loss(self, batch: EpisodeBatch) -> MetaOutput:

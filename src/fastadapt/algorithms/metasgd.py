@@ -30,7 +30,8 @@ class MetaSGD(nn.Module):
         inner_lr: initial value of every learned learning rate (the paper draws them
             from U[0.005, 0.1]; a constant start is deterministic and works as well).
         inner_steps, eval_inner_steps, first_order, adapt, loss, task_batching, precision,
-            task_workers, query_channels_last, second_order_kernels, inner_checkpoint: as in ``MAML``
+            task_workers, query_channels_last, second_order_kernels, inner_checkpoint,
+            query_compact_activations: as in ``MAML``
             (with ``inner_checkpoint`` the learned learning rates' gradients are recomputed too).
     """
 
@@ -49,6 +50,7 @@ class MetaSGD(nn.Module):
         query_channels_last: bool = False,
         second_order_kernels: bool = False,
         inner_checkpoint: bool | int = False,
+        query_compact_activations: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -56,7 +58,7 @@ class MetaSGD(nn.Module):
             backbone, loss=loss, steps=inner_steps, eval_steps=eval_inner_steps, first_order=first_order,
             adapt=adapt, batching=task_batching, precision=precision, workers=task_workers,
             query_channels_last=query_channels_last, second_order_kernels=second_order_kernels,
-            checkpoint=inner_checkpoint,
+            checkpoint=inner_checkpoint, query_compact=query_compact_activations,
         )
         params = dict(backbone.named_parameters())
         self.lrs = nn.ParameterDict(

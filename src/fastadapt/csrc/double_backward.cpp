@@ -10,6 +10,7 @@
 // nodes without the GIL: worker threads (fastadapt.task_parallel) stay parallel. The convolution's backward passes are differentiable ATen calls (higher orders work);
 // BatchNorm's double backward raises if differentiated again.
 #include <torch/extension.h>
+#include "compact_activations.h"
 #include "tensor_pool.h"
 
 using torch::Tensor;
@@ -296,4 +297,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv", &conv, release(), "Convolution (any dimension) with an explicit double backward.");
   m.def("batch_norm", &batch_norm, release(), "Training-mode BatchNorm with an explicit double backward.");
   register_tensor_pool(m);
+  register_compact_activations(m);
 }
