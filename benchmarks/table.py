@@ -198,6 +198,7 @@ TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching":
           "peers_xeon": lambda: peers(rows=latest_per_setting("peers-xeon")),
           "peers_xeon_rounds": lambda: peers(rows=latest_per_setting("peers-xeon-rounds")
                                              + latest_per_setting("peers-xeon-rounds-protonet")),
+          "peers_xeon_compact": lambda: peers(rows=latest_per_setting("peers-xeon-compact")),
           "distributed": distributed, "precision": precision, "ablation": ablation, "functional_call": functional_call,
           "heap": heap, "inner_checkpoint": inner_checkpoint}
 

@@ -131,6 +131,17 @@ def test_masked_relu_has_relus_derivatives_of_any_order():
     torch.autograd.gradgradcheck(lambda t: relu(t) * t, (x,))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_masked_relu_gradient_is_threshold_backward_bitwise(dtype):
+    x = torch.randn(4, 3, 5, 5, dtype=dtype)
+    x[0, 0, 0, :3] = torch.tensor([0.0, float("nan"), -0.0])
+    x.requires_grad_(True)
+    g = torch.randn(4, 3, 5, 5, dtype=dtype)
+    (got,) = torch.autograd.grad(load_kernels().masked_relu(x), x, g)
+    (want,) = torch.autograd.grad(torch.relu(x), x, g)
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
 def test_channels_last_relu_gradient_keeps_the_outputs_layout():
     x = torch.randn(4, 3, 5, 5, requires_grad=True).contiguous(memory_format=torch.channels_last)
     y = load_kernels().masked_relu(x)

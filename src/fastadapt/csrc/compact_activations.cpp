@@ -1,15 +1,17 @@
 // The kernels of fastadapt/compact_activations.py (which says when they apply and what they
 // saved): training-mode BatchNorm over the output of a cheap convolution, keeping the convolution's
 // inputs instead of that output and recomputing it in the backward, and a ReLU that keeps a mask
-// instead of its output. The backward writes the input gradient into the recomputed output's
-// memory, which it owns, in two passes over the data with no temporary of the input's size: ATen's
-// native_batch_norm_backward allocates one, and at the backward of a network's first block that
-// temporary set a task's peak. Written in C++ so that the autograd engine runs the node without
+// instead of its output. The BatchNorm backward writes the input gradient into the recomputed
+// output's memory, which it owns, with no temporary of the input's size: ATen's
+// native_batch_norm_backward allocates one when it computes the input gradient, and at the backward
+// of a network's first block that temporary set a task's peak. Written in C++ so that the autograd engine runs the node without
 // the GIL (worker threads of fastadapt.task_parallel stay parallel).
 #include "compact_activations.h"
 
 #include <ATen/Parallel.h>
 
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
 using torch::Tensor;
@@ -19,128 +21,31 @@ using torch::autograd::variable_list;
 
 namespace {
 
-// Rows of `channels` values (channels-last) or planes of `inner` values per channel (contiguous).
-struct Layout {
-  bool channels_last;
-  int64_t N, C, inner;
-};
-
-bool layout_of(const Tensor& g, const Tensor& x, Layout* layout) {
-  if (!x.device().is_cpu() || !(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble)) return false;
-  if (g.scalar_type() != x.scalar_type() || x.dim() < 3) return false;
-  auto format = x.suggest_memory_format();
-  bool channels_last = format != at::MemoryFormat::Contiguous;
-  if (!x.is_contiguous(format) || !g.is_contiguous(format)) return false;
-  *layout = {channels_last, x.size(0), x.size(1), x.numel() / (x.size(0) * x.size(1))};
-  return true;
-}
-
-// Per channel c over its M elements: sum_g = sum(g), sum_gx = sum(g (x - mean)), in double.
-template <typename scalar_t>
-void channel_sums(const scalar_t* g, const scalar_t* x, const double* mean, const Layout& l, double* sum_g,
-                  double* sum_gx) {
-  const int64_t C = l.C;
-  if (!l.channels_last) {
-    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        double sg = 0, sgx = 0;
-        for (int64_t n = 0; n < l.N; ++n) {
-          const int64_t base = (n * C + c) * l.inner;
-          for (int64_t i = 0; i < l.inner; ++i) {
-            sg += g[base + i];
-            sgx += static_cast<double>(g[base + i]) * (x[base + i] - mean[c]);
-          }
-        }
-        sum_g[c] = sg;
-        sum_gx[c] = sgx;
-      }
-    });
-    return;
-  }
-  const int64_t rows = l.N * l.inner;
-  const int threads = at::get_num_threads();
-  std::vector<double> partial(static_cast<size_t>(threads) * 2 * C, 0.0);  // per thread: sum_g, sum_gx
-  at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
-    double* sg = partial.data() + static_cast<size_t>(at::get_thread_num()) * 2 * C;
-    double* sgx = sg + C;
-    for (int64_t r = begin; r < end; ++r) {
-      const scalar_t *gr = g + r * C, *xr = x + r * C;
-      for (int64_t c = 0; c < C; ++c) {
-        sg[c] += gr[c];
-        sgx[c] += static_cast<double>(gr[c]) * (xr[c] - mean[c]);
-      }
-    }
-  });
-  for (int64_t c = 0; c < C; ++c) sum_g[c] = sum_gx[c] = 0;
-  for (int t = 0; t < threads; ++t) {
-    for (int64_t c = 0; c < C; ++c) {
-      sum_g[c] += partial[(2 * t) * C + c];
-      sum_gx[c] += partial[(2 * t + 1) * C + c];
-    }
-  }
-}
-
-// x <- a g + b x + d per channel: the input gradient gx = s w (g - mean(g) - xh mean(g xh)) with
-// xh = (x - mean) s written as a linear function of (g, x).
-template <typename scalar_t>
-void write_input_grad(const scalar_t* g, scalar_t* x, const scalar_t* a, const scalar_t* b, const scalar_t* d,
-                      const Layout& l) {
-  const int64_t C = l.C;
-  if (!l.channels_last) {
-    at::parallel_for(0, l.N * C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        const int64_t c = p % C;
-        const scalar_t ac = a[c], bc = b[c], dc = d[c];
-        scalar_t *xp = x + p * l.inner;
-        const scalar_t* gp = g + p * l.inner;
-        for (int64_t i = 0; i < l.inner; ++i) xp[i] = ac * gp[i] + bc * xp[i] + dc;
-      }
-    });
-    return;
-  }
-  at::parallel_for(0, l.N * l.inner, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      scalar_t* xr = x + r * C;
-      const scalar_t* gr = g + r * C;
-      for (int64_t c = 0; c < C; ++c) xr[c] = a[c] * gr[c] + b[c] * xr[c] + d[c];
-    }
-  });
+std::vector<int64_t> channel_shape(const Tensor& x) {
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape[1] = -1;
+  return shape;
 }
 
 // Training-mode BatchNorm backward with the input gradient written into `x` (which the caller
-// owns); returns (gx, gw, gb) with gx aliasing x. ATen's kernel where the layout is not one of the
-// two handled here.
+// owns); returns (gx, gw, gb) with gx aliasing x. The per-channel sums come from ATen's kernel with
+// the input gradient masked off (no temporary of the input's size), the input gradient from three
+// in-place passes: per channel, over its M elements, with s = invstd, ws = w s and
+// xh = (x - mean) s, gx = ws (g - sum(g) / M - xh sum(g xh) / M) = ws g + k (mean - x) - ws sum(g) / M
+// with k = ws s sum(g xh) / M.
 std::tuple<Tensor, Tensor, Tensor> batch_norm_backward_into_input(const Tensor& g, Tensor& x, const Tensor& w,
                                                                   const Tensor& mean, const Tensor& invstd,
                                                                   double eps, std::array<bool, 3> mask) {
-  Layout l;
-  if (!layout_of(g, x, &l)) {
-    return at::native_batch_norm_backward(g, x, w, {}, {}, mean, invstd, true, eps, mask);
+  auto sums = at::native_batch_norm_backward(g, x, w, {}, {}, mean, invstd, true, eps, {false, true, true});
+  const Tensor &sum_gxh = std::get<1>(sums), &sum_g = std::get<2>(sums);
+  if (mask[0]) {
+    const double M = static_cast<double>(x.numel() / x.size(1));
+    auto shape = channel_shape(x);
+    Tensor ws = w.defined() ? w * invstd : invstd;
+    Tensor k = ws * invstd * sum_gxh / M;
+    x.mul_(-k.view(shape)).add_((k * mean - ws * sum_g / M).view(shape)).addcmul_(g, ws.view(shape));
   }
-  const int64_t C = l.C;
-  const double M = static_cast<double>(l.N * l.inner);
-  Tensor mean_ = mean.to(at::kDouble).contiguous(), s_ = invstd.to(at::kDouble).contiguous();
-  Tensor w_ = w.defined() ? w.to(at::kDouble).contiguous() : at::ones({C}, mean_.options());
-  Tensor sums = at::empty({2, C}, mean_.options());
-  double *sum_g = sums.data_ptr<double>(), *sum_gx = sum_g + C;
-  Tensor coefficients = at::empty({3, C}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_backward_into_input", [&] {
-    const double *MEAN = mean_.data_ptr<double>(), *S = s_.data_ptr<double>(), *W = w_.data_ptr<double>();
-    channel_sums<scalar_t>(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), MEAN, l, sum_g, sum_gx);
-    scalar_t *a = coefficients.data_ptr<scalar_t>(), *b = a + C, *d = b + C;
-    for (int64_t c = 0; c < C; ++c) {
-      // gx = ws g - ws mean(g) - ws s^2 (x - mean) sum_gx / M,  ws = w s
-      const double ws = W[c] * S[c], k = ws * S[c] * S[c] * sum_gx[c] / M;
-      a[c] = static_cast<scalar_t>(ws);
-      b[c] = static_cast<scalar_t>(-k);
-      d[c] = static_cast<scalar_t>(k * MEAN[c] - ws * sum_g[c] / M);
-    }
-    if (mask[0]) write_input_grad<scalar_t>(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), a, b, d, l);
-  });
-  Tensor gw, gb;
-  if (mask[1]) gw = (sums[1] * s_).to(w.scalar_type());
-  if (mask[2]) gb = sums[0].to(w.scalar_type());
-  return {mask[0] ? x : Tensor(), gw, gb};
+  return {mask[0] ? x : Tensor(), mask[1] ? sum_gxh : Tensor(), mask[2] ? sum_g : Tensor()};
 }
 
 struct BatchNormOfConvolution : Function<BatchNormOfConvolution> {
@@ -195,20 +100,62 @@ struct BatchNormOfConvolution : Function<BatchNormOfConvolution> {
 // right before this node's; the mask lets it go then, so the output, its gradient and the
 // input gradient are never alive together. The backward is masked_fill of the gradient, itself
 // differentiable (derivatives of any order).
+// out[i] = zero[i] ? 0 : g[i] over memory laid out alike (dense tensors with equal strides), as
+// bit masks so that the loop vectorises; compiled for AVX-512, AVX2 and the baseline, picked at run
+// time (the extension is otherwise built for the baseline x86-64).
+template <typename scalar_t, typename bits_t>
+__attribute__((target_clones("avx512f", "avx2", "default"))) void mask_gradient(
+    const scalar_t* g, const bool* zero, scalar_t* out, int64_t n) {
+  static_assert(sizeof(scalar_t) == sizeof(bits_t), "one mask word per element");
+  for (int64_t i = 0; i < n; ++i) {
+    bits_t word;
+    std::memcpy(&word, g + i, sizeof word);
+    word &= static_cast<bits_t>(zero[i]) - 1;  // all ones where the gradient passes, else 0
+    std::memcpy(out + i, &word, sizeof word);
+  }
+}
+
+// zero[i] = y[i] <= 0 (threshold_backward's test: a NaN output passes the gradient), vectorised
+// as mask_gradient.
+template <typename scalar_t>
+__attribute__((target_clones("avx512f", "avx2", "default"))) void clamped(const scalar_t* y, bool* zero,
+                                                                          int64_t n) {
+  for (int64_t i = 0; i < n; ++i) zero[i] = y[i] <= scalar_t(0);
+}
+
 struct MaskedRelu : Function<MaskedRelu> {
   static Tensor forward(AutogradContext* ctx, Tensor x) {
     Tensor y = at::relu(x);
-    ctx->save_for_backward({at::le(y, 0)});  // threshold_backward's test: a NaN output passes the gradient
+    Tensor zero;
+    if (y.device().is_cpu() && y.is_non_overlapping_and_dense() && y.scalar_type() == at::kFloat) {
+      zero = at::empty_like(y, y.options().dtype(at::kBool));
+      clamped<float>(y.data_ptr<float>(), zero.data_ptr<bool>(), y.numel());
+    } else {
+      zero = at::le(y, 0);
+    }
+    ctx->save_for_backward({zero});
     return y;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const Tensor mask = ctx->get_saved_variables()[0];
-    // In the output's layout (as threshold_backward gives): a convolution's input gradient may come
-    // contiguous where the output is channels-last, and BatchNorm's backward then copies one of them.
-    Tensor out = at::empty_like(grads[0], grads[0].options().memory_format(mask.suggest_memory_format()));
-    out.copy_(grads[0]);
-    return {out.masked_fill_(mask, 0)};
+    const Tensor zero = ctx->get_saved_variables()[0];
+    const Tensor& g = grads[0];
+    if (at::GradMode::is_enabled() || !g.device().is_cpu() || !zero.is_non_overlapping_and_dense() ||
+        !(g.scalar_type() == at::kFloat || g.scalar_type() == at::kDouble)) {
+      return {g.masked_fill(zero, 0)};  // differentiable (a double backward), any device or dtype
+    }
+    // In the mask's (the output's) layout, as threshold_backward gives: a convolution's input gradient
+    // may come in another layout, and BatchNorm's backward would then copy one of them.
+    Tensor out = at::empty_like(zero, g.options());
+    Tensor source = g.strides() == out.strides() ? g : out.copy_(g);
+    if (g.scalar_type() == at::kFloat) {
+      mask_gradient<float, uint32_t>(source.data_ptr<float>(), zero.data_ptr<bool>(), out.data_ptr<float>(),
+                                     out.numel());
+    } else {
+      mask_gradient<double, uint64_t>(source.data_ptr<double>(), zero.data_ptr<bool>(), out.data_ptr<double>(),
+                                      out.numel());
+    }
+    return {out};
   }
 };
 
