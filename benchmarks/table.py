@@ -199,6 +199,7 @@ TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching":
           "peers_xeon_rounds": lambda: peers(rows=latest_per_setting("peers-xeon-rounds")
                                              + latest_per_setting("peers-xeon-rounds-protonet")),
           "peers_xeon_compact": lambda: peers(rows=latest_per_setting("peers-xeon-compact")),
+          "peers_xeon_compact2": lambda: peers(rows=latest_per_setting("peers-xeon-compact2")),
           "distributed": distributed, "precision": precision, "ablation": ablation, "functional_call": functional_call,
           "heap": heap, "inner_checkpoint": inner_checkpoint}
 
