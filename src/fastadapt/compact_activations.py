@@ -10,21 +10,25 @@ element, 576 for the next). Under ``compact_activations()``, a ``torch.overrides
   ``max_macs`` multiply-adds per output element (``in_channels / groups x kernel size``; 27 by
   default: a 3x3 convolution over 3 channels, the first layer of an RGB network) keeps that
   convolution's inputs, which its own node keeps anyway, instead of its output, recomputes the
-  output in its backward and writes the input gradient into the recomputed tensor (no temporary
-  of the input's size; ATen's ``native_batch_norm_backward`` allocates one);
+  output in its backward and writes the input gradient into the recomputed tensor (per-channel
+  sums from ATen, then three in-place passes: no temporary of the input's size, where ATen's
+  ``native_batch_norm_backward`` allocates one);
 * a ReLU keeps a one-byte mask of its clamped elements instead of its output: the next
   convolution still keeps the output as its input, but releases it in its backward, right
   before the ReLU's, so the output, its gradient and the gradient below are never alive together.
 
 On MAML's Omniglot query pass a task's peak of saved and gradient maps drops from four maps of the
-first block (plus ATen's temporary) to two (``benchmarks/README.md``, "Compact activations"). The
+first block (plus ATen's temporary) to two (``benchmarks/README.md``, "Compact query activations"). The
 kernels are fastadapt's C++ extension's (``fastadapt/csrc/compact_activations.cpp``; they run
-without the GIL, so task worker threads stay parallel). Derivatives equal the plain pass's up to
-rounding (the BatchNorm backward sums in double; ``tests/test_compact_activations.py``). The
+without the GIL, so task worker threads stay parallel; the ReLU loops are compiled for AVX-512, AVX2
+and the baseline and picked at run time). Derivatives equal the plain pass's up to rounding (the
+BatchNorm input gradient is the same formula in another order; the ReLU gradient is bitwise
+``threshold_backward``'s; ``tests/test_compact_activations.py``). The
 BatchNorm backward is differentiable once, so this is for passes whose backward is first order
 (MAML's query passes; a ``create_graph=True`` backward through it raises); the ReLU's is
-differentiable to any order. Under autocast, for BatchNorm in eval mode, for convolutions with
-string padding and with gradients off nothing changes.
+differentiable to any order. The BatchNorm part does not apply under autocast, to BatchNorm in
+eval mode or after convolutions with string padding; in-place ReLUs are left alone; with gradients
+off nothing changes.
 """
 
 from __future__ import annotations

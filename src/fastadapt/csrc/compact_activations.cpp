@@ -3,9 +3,10 @@
 // inputs instead of that output and recomputing it in the backward, and a ReLU that keeps a mask
 // instead of its output. The BatchNorm backward writes the input gradient into the recomputed
 // output's memory, which it owns, with no temporary of the input's size: ATen's
-// native_batch_norm_backward allocates one when it computes the input gradient, and at the backward
-// of a network's first block that temporary set a task's peak. Written in C++ so that the autograd engine runs the node without
-// the GIL (worker threads of fastadapt.task_parallel stay parallel).
+// native_batch_norm_backward allocates one when it computes the input gradient, and at the
+// backward of a network's first block that temporary set a task's peak. Written in C++ so that
+// the autograd engine runs the nodes without the GIL (worker threads of fastadapt.task_parallel
+// stay parallel).
 #include "compact_activations.h"
 
 #include <ATen/Parallel.h>
