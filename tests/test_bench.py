@@ -66,11 +66,17 @@ def test_fast_table_says_whether_second_order_maml_ran_the_compiled_kernels(monk
         assert bench.speed_options(bench.CONFIGS["maml-5w1s-2nd"]).get("second_order_kernels") is (available or None)
         assert "second_order_kernels" not in bench.speed_options(bench.CONFIGS["maml-5w1s-1st"])
         table = format_table([row("maml-5w1s-2nd"), row("maml-5w1s-2nd (fast)")], 300.0, threads=2)
-        assert expected in table.splitlines()[-1]
+        assert expected in table.splitlines()[-2]
+        compact = "with query_compact_activations" if available else "without query_compact_activations"
+        assert compact in table.splitlines()[-1]
+        assert bench.speed_options(bench.CONFIGS["maml-5w1s-1st"]).get("query_compact_activations") is (available or None)
         pool = "tune_allocator + tensor pool" if available else "no tensor pool (fastadapt's C++ extension does not compile"
         assert pool in table
-    # first-order and non-MAML fast rows say nothing about kernels
+    # first-order and non-MAML fast rows say nothing about kernels; non-MAML ones nothing about compact activations
     assert "second_order_kernels" not in format_table([row("maml-5w1s-1st (fast)"), row("reptile-5w (fast)")], 300.0, 2)
+    assert "compact" not in format_table([row("protonet-5w5s (fast)"), row("reptile-5w (fast)")], 300.0, 2)
+    assert "query_compact_activations" not in bench.speed_options(bench.CONFIGS["reptile-5w"])
+    assert "query_compact_activations" not in bench.speed_options(bench.CONFIGS["protonet-5w5s"])
     assert "allocator: glibc malloc defaults" in format_table([row("reptile-5w")], 300.0, 2, allocator=False)
 
 

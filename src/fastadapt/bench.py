@@ -490,6 +490,11 @@ def format_table(
             "without second_order_kernels (fastadapt's C++ kernels do not compile here: "
             "pip install 'fastadapt[kernels]' and a C++ compiler)"
         ))
+    if any(r.config.endswith(("(fast)", "(lean)")) and CONFIGS[r.config.split()[0]].algorithm == "maml" for r in results):
+        lines.append("MAML (fast, lean) rows: " + (
+            "with query_compact_activations" if kernels_available() else
+            "without query_compact_activations (fastadapt's C++ extension does not compile here)"
+        ))
     for r in results:
         config = CONFIGS[r.config.split()[0]]
         kept = _fast_inner_checkpoint(config, threads) if r.config.endswith("(fast)") else None
