@@ -201,6 +201,7 @@ TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching":
           "peers_xeon_compact": lambda: peers(rows=latest_per_setting("peers-xeon-compact")),
           "peers_xeon_compact2": lambda: peers(rows=latest_per_setting("peers-xeon-compact2")),
           "peers_xeon_final": lambda: peers(rows=latest_per_setting("peers-xeon-final")),
+          "peers_xeon_20w": lambda: peers(rows=latest_per_setting("peers-xeon-20w")),
           "distributed": distributed, "precision": precision, "ablation": ablation, "functional_call": functional_call,
           "heap": heap, "inner_checkpoint": inner_checkpoint}
 
