@@ -20,8 +20,8 @@ element, 576 for the next). Under ``compact_activations()``, a ``torch.overrides
 On MAML's Omniglot query pass a task's peak of saved and gradient maps drops from four maps of the
 first block (plus ATen's temporary) to two (``benchmarks/README.md``, "Compact query activations"). The
 kernels are fastadapt's C++ extension's (``fastadapt/csrc/compact_activations.cpp``; they run
-without the GIL, so task worker threads stay parallel; the ReLU loops are compiled for AVX-512, AVX2
-and the baseline and picked at run time). Derivatives equal the plain pass's up to rounding (the
+without the GIL, so task worker threads stay parallel; with GCC on x86-64 Linux the ReLU loops are
+compiled for AVX-512, AVX2 and the baseline and picked at run time, elsewhere once for the build's target). Derivatives equal the plain pass's up to rounding (the
 BatchNorm input gradient is the same formula in another order; the ReLU gradient is bitwise
 ``threshold_backward``'s; ``tests/test_compact_activations.py``). The
 BatchNorm backward is differentiable once, so this is for passes whose backward is first order
