@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from fastadapt.algorithms import ANIL, MAML, MetaSGD, Reptile
+from fastadapt import inner_loop
 from fastadapt.double_backward import kernels_available
 from fastadapt.inner_loop import adapt, forward, meta_batch_loss, tensor_aliases
 from fastadapt.models import create_model
@@ -391,13 +392,17 @@ def test_second_order_kernels_give_the_same_meta_gradient(name, batching, worker
 @pytest.mark.skipif(not kernels_available(), reason="fastadapt's C++ extension cannot be built here")
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("name", ["maml", "fomaml", "anil", "metasgd"])
-def test_query_compact_activations_give_the_same_meta_gradient(name, workers):
+def test_query_compact_activations_give_the_same_meta_gradient(name, workers, monkeypatch):
     # Conv-4 (1-channel input: its first convolution is recomputed), 2 inner steps, float64.
     b = batch(tasks=3, image=True)
-    results, nodes = [], []
+    results, nodes, modes = [], [], []
+    real = inner_loop.compact_activations
+    monkeypatch.setattr(inner_loop, "compact_activations", lambda enabled: modes.append(enabled) or real(enabled))
     for compact in (False, True):
         record = lambda o: nodes.append((compact, o.requires_grad and len(o) == len(b.query_x[0])))
         results.append(_meta_step_with(name, "stream", workers, b, record, query_compact=compact))
+        assert any(modes) is compact  # the query passes with a graph ran under the mode exactly when asked
+        modes.clear()
     (loss, logits, grads, predictions), (loss_c, logits_c, grads_c, predictions_c) = results
     torch.testing.assert_close(loss_c, loss, rtol=1e-12, atol=0)
     torch.testing.assert_close(logits_c, logits, rtol=1e-12, atol=1e-14)
