@@ -15,7 +15,10 @@ pytestmark = pytest.mark.skipif(not extension_available(), reason="needs fastada
 
 def _child(code: str) -> dict:
     """Run ``code`` (which sets ``out``) in a fresh interpreter; returns ``out``."""
-    prelude = "import json, os, threading, torch\nfrom fastadapt.tensor_pool import use_tensor_pool, pool_stats, release_cached\n"
+    prelude = (
+        "import json, os, threading, torch\n"
+        "from fastadapt.tensor_pool import use_tensor_pool, pool_stats, release_cached, reset_peak\n"
+    )
     script = prelude + textwrap.dedent(code) + "\nprint(json.dumps(out))\n"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -42,6 +45,21 @@ def test_blocks_are_reused_by_exact_size_and_small_ones_are_not_pooled():
     assert stats["installed"] == 1 and stats["hits"] == 1 and stats["misses"] == 2
     pages = [(n + 4095) // 4096 * 4096 for n in out["live"]]
     assert stats["live_bytes"] == sum(pages) and stats["cached_bytes"] == 0
+
+
+def test_reset_peak_restarts_the_peak_from_the_live_bytes():
+    out = _child("""
+        use_tensor_pool()
+        kept = torch.empty(2**16)  # 256 KiB
+        del kept
+        big = torch.empty(2**18)  # 1 MiB, live
+        out = {"old": reset_peak(), "after_reset": pool_stats()["peak_live_bytes"]}
+        tmp = torch.empty(2**17)  # 512 KiB, then freed: a temporary the peak remembers
+        del tmp
+        out["peak"] = pool_stats()["peak_live_bytes"]
+    """)
+    assert out["old"] == 2**20 and out["after_reset"] == 2**20
+    assert out["peak"] == 2**20 + 2**19
 
 
 def test_max_cached_bounds_what_is_kept_and_release_cached_unmaps_it():

@@ -78,6 +78,13 @@ def pool_stats() -> dict[str, int]:
     return {"installed": 0} if module is None else dict(module.tensor_pool_stats())
 
 
+def reset_peak() -> int:
+    """Restart ``peak_live_bytes`` from the bytes live now (e.g. to find one operation's
+    temporaries); returns the peak it replaced (0 if the pool was never installed)."""
+    module = loaded_extension()
+    return 0 if module is None else int(module.tensor_pool_reset_peak())
+
+
 def release_cached() -> int:
     """Give the pool's free blocks back to the system; returns their bytes (0 if it was never installed)."""
     module = loaded_extension()

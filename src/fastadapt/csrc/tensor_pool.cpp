@@ -144,6 +144,15 @@ bool install(int64_t min_bytes, int64_t max_block, int64_t max_cached) {
   return c10::GetCPUAllocator() == &pool;
 }
 
+// Sets the peak of live bytes to the bytes live now; returns the peak it replaced.
+int64_t reset_peak() {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  size_t previous = s.peak_live;
+  s.peak_live = s.live;
+  return static_cast<int64_t>(previous);
+}
+
 int64_t release_cached() {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
@@ -168,4 +177,5 @@ void register_tensor_pool(pybind11::module& m) {
   m.def("tensor_pool_install", &install, "Install the tensor pool as the CPU allocator (or update its limits).");
   m.def("tensor_pool_release_cached", &release_cached, "Unmap the pool's free blocks; returns their bytes.");
   m.def("tensor_pool_stats", &stats, "The pool's counters.");
+  m.def("tensor_pool_reset_peak", &reset_peak, "Set the peak of live bytes to the live bytes; returns the old peak.");
 }
