@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastadapt.runtime import hardware
+from fastadapt.runtime import hardware, tune_allocator
+from fastadapt.tensor_pool import use_tensor_pool
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -71,6 +72,14 @@ def process_memory_mb(fields: tuple[str, ...] = ("VmHWM", "VmRSS", "RssAnon", "R
         return {}
     values = {line.split(":")[0]: line.split()[1:] for line in lines}
     return {f: int(values[f][0]) / 1024 for f in fields if f in values and values[f][1:] == ["kB"]}
+
+
+def with_tensor_pool(**limits: int) -> None:
+    """Apply fastadapt's allocator settings as the engine ships them (``tune_allocator`` and the
+    tensor pool, ``limits`` as in ``use_tensor_pool``); exit where the pool cannot be built."""
+    tune_allocator()
+    if not use_tensor_pool(**limits):
+        raise SystemExit("the tensor pool needs fastadapt's C++ extension, which cannot be built here")
 
 
 def append_row(name: str, row: dict[str, Any]) -> None:

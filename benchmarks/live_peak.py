@@ -30,10 +30,10 @@ import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from ablation import parse_options  # noqa: E402
+from common import with_tensor_pool  # noqa: E402
 
 from fastadapt.bench import CONFIGS, build_backbone, learner_backward, set_threads, synthetic_batch  # noqa: E402
-from fastadapt.runtime import tune_allocator  # noqa: E402
-from fastadapt.tensor_pool import pool_stats, reset_peak, use_tensor_pool  # noqa: E402
+from fastadapt.tensor_pool import pool_stats, reset_peak  # noqa: E402
 
 MB = 2**20
 
@@ -102,9 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--around", type=int, default=12, help="ops shown before the peak (half as many after)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="learner arguments (variant 'options')")
     args: Any = parser.parse_args(argv)
-    tune_allocator()
-    if not use_tensor_pool():
-        raise SystemExit("the tensor pool needs fastadapt's C++ extension, which cannot be built here")
+    with_tensor_pool()
     set_threads(2)
     base, mode = trace(args.config, args.variant, args.tasks, parse_options(args.set))
     print("\n".join(report(base, mode, args.around)))

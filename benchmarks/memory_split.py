@@ -25,9 +25,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE / "peers"), str(HERE)]
 
+from common import with_tensor_pool  # noqa: E402
+
 from fastadapt.bench import CONFIGS, measure, set_threads  # noqa: E402
-from fastadapt.runtime import tune_allocator  # noqa: E402
-from fastadapt.tensor_pool import MIN_BYTES, pool_stats, use_tensor_pool  # noqa: E402
+from fastadapt.tensor_pool import MIN_BYTES, pool_stats  # noqa: E402
 
 ARENA_ALIGN = 64 << 20
 
@@ -64,9 +65,7 @@ def main() -> None:
     parser.add_argument("variant", help="a module of benchmarks/peers, e.g. fastadapt_fast")
     parser.add_argument("--min-bytes", type=int, default=MIN_BYTES, help="the tensor pool's smallest pooled request")
     args = parser.parse_args()
-    tune_allocator()
-    if not use_tensor_pool(min_bytes=args.min_bytes):
-        raise SystemExit("the tensor pool needs fastadapt's C++ extension, which cannot be built here")
+    with_tensor_pool(min_bytes=args.min_bytes)
     set_threads(2)
     config = CONFIGS[args.config]
     side = importlib.import_module(args.variant)

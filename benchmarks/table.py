@@ -192,16 +192,17 @@ def inner_checkpoint() -> str:
     return "\n".join(lines)
 
 
+PEER_RUNS: dict[str, tuple[str, ...]] = {
+    "peers_amd": ("peers-amd",), "peers_epyc1": ("peers-epyc1",), "peers_xeon": ("peers-xeon",),
+    "peers_xeon_rounds": ("peers-xeon-rounds", "peers-xeon-rounds-protonet"),
+    "peers_xeon_compact": ("peers-xeon-compact",), "peers_xeon_compact2": ("peers-xeon-compact2",),
+    "peers_xeon_final": ("peers-xeon-final",), "peers_xeon_20w": ("peers-xeon-20w",),
+}
+"""Peers tables of one machine's runs: table name -> the results files whose rows it shows."""
+
 TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching": task_batching, "peers": peers,
-          "peers_amd": lambda: peers(rows=latest_per_setting("peers-amd")),
-          "peers_epyc1": lambda: peers(rows=latest_per_setting("peers-epyc1")),
-          "peers_xeon": lambda: peers(rows=latest_per_setting("peers-xeon")),
-          "peers_xeon_rounds": lambda: peers(rows=latest_per_setting("peers-xeon-rounds")
-                                             + latest_per_setting("peers-xeon-rounds-protonet")),
-          "peers_xeon_compact": lambda: peers(rows=latest_per_setting("peers-xeon-compact")),
-          "peers_xeon_compact2": lambda: peers(rows=latest_per_setting("peers-xeon-compact2")),
-          "peers_xeon_final": lambda: peers(rows=latest_per_setting("peers-xeon-final")),
-          "peers_xeon_20w": lambda: peers(rows=latest_per_setting("peers-xeon-20w")),
+          **{table: lambda files=files: peers(rows=[r for f in files for r in latest_per_setting(f)])
+             for table, files in PEER_RUNS.items()},
           "distributed": distributed, "precision": precision, "ablation": ablation, "functional_call": functional_call,
           "heap": heap, "inner_checkpoint": inner_checkpoint}
 

@@ -188,10 +188,10 @@ def speed_options(config: BenchConfig, workers: bool = True) -> dict[str, Any]:
         options["precision"] = "bfloat16"
     if workers and config.algorithm in TASK_WORKERS:
         options["task_workers"] = torch.get_num_threads()
-    if _second_order_maml(config) and kernels_available():
-        options["second_order_kernels"] = True
     if config.algorithm == "maml" and kernels_available():
         options["query_compact_activations"] = True
+        if _second_order_maml(config):
+            options["second_order_kernels"] = True
     kept = _fast_inner_checkpoint(config, options.get("task_workers", 1))
     if kept is not None:
         options["inner_checkpoint"] = kept

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = [CSRC / "double_backward.cpp", CSRC / "tensor_pool.cpp", CSRC / "compact_activations.cpp"]
-HEADERS = [CSRC / "tensor_pool.h", CSRC / "compact_activations.h"]
+HEADERS = [CSRC / "tensor_pool.h", CSRC / "compact_activations.h", CSRC / "conv_config.h"]
 NAME = "fastadapt_double_backward"
 CFLAGS = ["-O3"]
 _lock = threading.Lock()

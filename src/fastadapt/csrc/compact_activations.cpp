@@ -9,6 +9,8 @@
 // stay parallel).
 #include "compact_activations.h"
 
+#include "conv_config.h"
+
 #include <ATen/Parallel.h>
 
 #include <cstdint>
@@ -27,14 +29,10 @@ using torch::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::Function;
 using torch::autograd::variable_list;
+using fastadapt::channel_shape;
+using fastadapt::ConvConfig;
 
 namespace {
-
-std::vector<int64_t> channel_shape(const Tensor& x) {
-  std::vector<int64_t> shape(x.dim(), 1);
-  shape[1] = -1;
-  return shape;
-}
 
 // Training-mode BatchNorm backward with the input gradient written into `x` (which the caller
 // owns); returns (gx, gw, gb) with gx aliasing x. The per-channel sums come from ATen's kernel with
@@ -68,10 +66,7 @@ struct BatchNormOfConvolution : Function<BatchNormOfConvolution> {
     Tensor weight = w.has_value() ? *w : Tensor(), bias = conv_bias.has_value() ? *conv_bias : Tensor();
     ctx->save_for_backward({conv_input, conv_weight, bias, weight, std::get<1>(r), std::get<2>(r)});
     ctx->saved_data["eps"] = eps;
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["dilation"] = dilation;
-    ctx->saved_data["groups"] = groups;
+    ConvConfig{stride, padding, dilation, groups, bias.defined()}.save(ctx);
     ctx->saved_data["has_w"] = w.has_value() && w->defined();
     ctx->saved_data["has_b"] = b.has_value() && b->defined();
     return std::get<0>(r);
@@ -85,12 +80,8 @@ struct BatchNormOfConvolution : Function<BatchNormOfConvolution> {
     auto saved = ctx->get_saved_variables();
     const Tensor &conv_input = saved[0], &conv_weight = saved[1], &conv_bias = saved[2], &w = saved[3];
     const Tensor &mean = saved[4], &invstd = saved[5];
-    auto stride = ctx->saved_data["stride"].toIntVector(), padding = ctx->saved_data["padding"].toIntVector(),
-         dilation = ctx->saved_data["dilation"].toIntVector();
-    Tensor x = at::convolution(conv_input, conv_weight, conv_bias.defined() ? c10::optional<Tensor>(conv_bias)
-                                                                          : c10::nullopt,
-                               stride, padding, dilation, false, std::vector<int64_t>(stride.size(), 0),
-                               ctx->saved_data["groups"].toInt());
+    Tensor x = ConvConfig::load(ctx).conv(conv_input, conv_weight,
+                                          conv_bias.defined() ? c10::optional<Tensor>(conv_bias) : c10::nullopt);
     bool has_w = ctx->saved_data["has_w"].toBool(), has_b = ctx->saved_data["has_b"].toBool();
     std::array<bool, 3> mask{ctx->needs_input_grad(0), has_w && ctx->needs_input_grad(1),
                              has_b && ctx->needs_input_grad(2)};

@@ -11,49 +11,17 @@
 // BatchNorm's double backward raises if differentiated again.
 #include <torch/extension.h>
 #include "compact_activations.h"
+#include "conv_config.h"
 #include "tensor_pool.h"
 
 using torch::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::Function;
 using torch::autograd::variable_list;
+using fastadapt::channel_shape;
+using fastadapt::ConvConfig;
 
 namespace {
-
-struct ConvConfig {
-  std::vector<int64_t> stride, padding, dilation;
-  int64_t groups;
-  bool has_bias;
-
-  void save(AutogradContext* ctx) const {
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["dilation"] = dilation;
-    ctx->saved_data["groups"] = groups;
-    ctx->saved_data["has_bias"] = has_bias;
-  }
-
-  static ConvConfig load(AutogradContext* ctx) {
-    return {ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
-            ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["groups"].toInt(),
-            ctx->saved_data["has_bias"].toBool()};
-  }
-
-  std::vector<int64_t> output_padding() const { return std::vector<int64_t>(stride.size(), 0); }
-
-  Tensor conv(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b) const {
-    return at::convolution(x, w, b, stride, padding, dilation, false, output_padding(), groups);
-  }
-
-  std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& gy, const Tensor& x, const Tensor& w,
-                                              std::array<bool, 3> mask) const {
-    std::vector<int64_t> bias_size{w.size(0)};
-    c10::OptionalIntArrayRef bias_sizes;
-    if (mask[2]) bias_sizes = bias_size;
-    return at::convolution_backward(gy, x, w, bias_sizes, stride, padding, dilation, false, output_padding(), groups,
-                                    mask);
-  }
-};
 
 // (gy, x, w) -> (gw[, gx][, gb]): the convolution's backward, as a differentiable node.
 // Outputs are only those computed (gx when x needs a gradient, gb when there is a bias):
@@ -126,12 +94,6 @@ struct Conv : Function<Conv> {
     return {gx, r[0], gb, Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
-
-std::vector<int64_t> channel_shape(const Tensor& x) {
-  std::vector<int64_t> shape(x.dim(), 1);
-  shape[1] = -1;
-  return shape;
-}
 
 std::vector<int64_t> non_channel_dims(const Tensor& x) {
   std::vector<int64_t> dims{0};
