@@ -70,12 +70,16 @@ def test_fast_table_says_whether_second_order_maml_ran_the_compiled_kernels(monk
         compact = "with query_compact_activations" if available else "without query_compact_activations"
         assert compact in table.splitlines()[-1]
         assert bench.speed_options(bench.CONFIGS["maml-5w1s-1st"]).get("query_compact_activations") is (available or None)
+        assert bench.speed_options(bench.CONFIGS["reptile-5w"]).get("fused_update") is (available or None)
+        reptile = format_table([row("reptile-5w (lean)")], 300.0, threads=2).splitlines()[-1]
+        assert reptile.startswith("Reptile (fast, lean) rows: " + ("with fused_update" if available else "without fused_update"))
         pool = "tune_allocator + tensor pool" if available else "no tensor pool (fastadapt's C++ extension does not compile"
         assert pool in table
     # first-order and non-MAML fast rows say nothing about kernels; non-MAML ones nothing about compact activations
     assert "second_order_kernels" not in format_table([row("maml-5w1s-1st (fast)"), row("reptile-5w (fast)")], 300.0, 2)
     assert "compact" not in format_table([row("protonet-5w5s (fast)"), row("reptile-5w (fast)")], 300.0, 2)
     assert "query_compact_activations" not in bench.speed_options(bench.CONFIGS["reptile-5w"])
+    assert "fused_update" not in bench.speed_options(bench.CONFIGS["maml-5w1s-1st"])
     assert "query_compact_activations" not in bench.speed_options(bench.CONFIGS["protonet-5w5s"])
     assert "allocator: glibc malloc defaults" in format_table([row("reptile-5w")], 300.0, 2, allocator=False)
 

@@ -6,7 +6,7 @@ peers; where the CPU has native bfloat16, bfloat16 query passes keep that graph 
 MAML: ``precision="bfloat16"`` (where native),
 ``query_channels_last`` and, second order, ``second_order_kernels``. ProtoNet's speed settings
 have no workers to drop (``fastadapt-fast`` is its lean variant too); Reptile's without workers
-are ``train.channels_last`` alone.
+are ``train.channels_last`` and ``fused_update``.
 """
 
 from __future__ import annotations

@@ -181,13 +181,16 @@ def speed_options(config: BenchConfig, workers: bool = True) -> dict[str, Any]:
     native (plus channels-last parameters, applied by ``fast_backward``); its one episode per
     step has no tasks to split.
     Reptile: ``task_workers`` (plus channels-last parameters: faster convolutions with one
-    intra-op thread per worker; it has no reduced-precision option).
+    intra-op thread per worker; it has no reduced-precision option) and ``fused_update`` where the
+    kernels compile (the inner Adam step as one compiled pass).
     """
     options: dict[str, Any] = {"maml": {"query_channels_last": True}}.get(config.algorithm, {})
     if config.algorithm in REDUCED_PRECISION and native_bfloat16("cpu"):
         options["precision"] = "bfloat16"
     if workers and config.algorithm in TASK_WORKERS:
         options["task_workers"] = torch.get_num_threads()
+    if config.algorithm == "reptile" and kernels_available():
+        options["fused_update"] = True
     if config.algorithm == "maml" and kernels_available():
         options["query_compact_activations"] = True
         if _second_order_maml(config):
@@ -490,11 +493,13 @@ def format_table(
             "without second_order_kernels (fastadapt's C++ kernels do not compile here: "
             "pip install 'fastadapt[kernels]' and a C++ compiler)"
         ))
-    if any(r.config.endswith(("(fast)", "(lean)")) and CONFIGS[r.config.split()[0]].algorithm == "maml" for r in results):
-        lines.append("MAML (fast, lean) rows: " + (
-            "with query_compact_activations" if kernels_available() else
-            "without query_compact_activations (fastadapt's C++ extension does not compile here)"
-        ))
+    for algorithm, label, option in (("maml", "MAML", "query_compact_activations"), ("reptile", "Reptile", "fused_update")):
+        if any(r.config.endswith(("(fast)", "(lean)")) and CONFIGS[r.config.split()[0]].algorithm == algorithm
+               for r in results):
+            lines.append(f"{label} (fast, lean) rows: " + (
+                f"with {option}" if kernels_available() else
+                f"without {option} (fastadapt's C++ extension does not compile here)"
+            ))
     for r in results:
         config = CONFIGS[r.config.split()[0]]
         kept = _fast_inner_checkpoint(config, threads) if r.config.endswith("(fast)") else None

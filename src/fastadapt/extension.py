@@ -1,8 +1,9 @@
-"""fastadapt's compiled C++ extension: the double-backward kernels and the tensor pool.
+"""fastadapt's compiled C++ extension: the double-backward kernels, the tensor pool and other kernels.
 
 One library built from ``fastadapt/csrc`` (``double_backward.cpp``, the convolution and BatchNorm
 of ``fastadapt.double_backward``; ``tensor_pool.cpp``, the CPU allocator of
-``fastadapt.tensor_pool``). It is compiled on first use with ``torch.utils.cpp_extension``
+``fastadapt.tensor_pool``; ``compact_activations.cpp``, ``fastadapt.compact_activations``;
+``fused_update.cpp``, Reptile's ``fused_update``). It is compiled on first use with ``torch.utils.cpp_extension``
 (a C++ compiler and ``ninja``: ``pip install fastadapt[kernels]``; ~35 s on the project's 2-core
 VM, cached by torch afterwards).
 
@@ -31,10 +32,15 @@ import torch
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = [CSRC / "double_backward.cpp", CSRC / "tensor_pool.cpp", CSRC / "compact_activations.cpp"]
-HEADERS = [CSRC / "tensor_pool.h", CSRC / "compact_activations.h", CSRC / "conv_config.h"]
+SOURCES = [
+    CSRC / "double_backward.cpp", CSRC / "tensor_pool.cpp", CSRC / "compact_activations.cpp", CSRC / "fused_update.cpp",
+]
+HEADERS = [
+    CSRC / "tensor_pool.h", CSRC / "compact_activations.h", CSRC / "conv_config.h", CSRC / "fused_update.h",
+    CSRC / "vector_clones.h",
+]
 NAME = "fastadapt_double_backward"
-CFLAGS = ["-O3"]
+CFLAGS = ["-O3", "-fno-math-errno"]  # sqrt inlined and vectorised (fused_update.cpp); no code reads errno
 _lock = threading.Lock()
 _module: ModuleType | None = None
 _error: RuntimeError | None = None  # why it could not be built: not retried within the process

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaOutput, register_algorithm
+from fastadapt.extension import load_extension
 from fastadapt.inner_loop import Params, buffer_copies, forward, loss_function, tensor_aliases
 from fastadapt.task_parallel import Job, check_workers, map_interleaved, run_job
 from fastadapt.tasks.spec import EpisodeBatch
@@ -45,6 +46,11 @@ class Reptile(nn.Module):
         task_workers: threads that run the inner steps of a meta-batch's tasks, in ``meta_loss``
             and ``predict`` (``fastadapt.task_parallel.map_interleaved``: each thread takes one
             step of any waiting task at a time, so 5 tasks keep 2 threads busy to the end).
+        fused_update: the inner Adam step of CPU float32/float64 parameters as one compiled pass
+            (fastadapt's C++ extension, ``csrc/fused_update.cpp``) instead of five ``torch._foreach``
+            passes and a temporary of the parameters' size; the same arithmetic in the same order
+            (results may differ in the last bit where the compiler fuses a multiply-add). Other
+            devices and dtypes, and inner SGD (one foreach pass already), take the foreach update.
     """
 
     def __init__(
@@ -58,6 +64,7 @@ class Reptile(nn.Module):
         loss: Literal["cross_entropy", "mse"] = "cross_entropy",
         transductive: bool = False,
         task_workers: int = 1,
+        fused_update: bool = False,
     ) -> None:
         super().__init__()
         if inner_optimizer not in ("adam", "sgd"):
@@ -69,6 +76,9 @@ class Reptile(nn.Module):
         self.loss, self.transductive = loss_function(loss), transductive
         check_workers(task_workers)
         self.task_workers = task_workers
+        self.fused_update = fused_update and inner_optimizer == "adam"
+        if self.fused_update:
+            load_extension()  # built or loaded now: a missing compiler fails here, naming what is missing
 
     def train_task(self, support_x: Tensor, support_y: Tensor, steps: int, model: nn.Module | None = None) -> Params:
         """Parameters after ``steps`` inner minibatch steps on one task (no graph kept).
@@ -118,6 +128,9 @@ class Reptile(nn.Module):
         # lr * g / (sqrt(v) / c + eps) = lr * c * g / (sqrt(v) + eps * c), c = sqrt(1 - beta2^t)
         # (torch.optim.Adam's step; the second form saves one pass over the parameters).
         beta2, eps = 0.999, 1e-8
+        if self.fused_update and _fusable(weights, grads):
+            load_extension().adam_beta1_zero_step(weights, grads, moments, self.inner_lr, beta2, eps, t)
+            return
         c = math.sqrt(1 - beta2**t)
         torch._foreach_mul_(moments, beta2)
         torch._foreach_addcmul_(moments, grads, grads, value=1 - beta2)
@@ -165,6 +178,15 @@ class Reptile(nn.Module):
                 ])
 
         return torch.stack(map_interleaved(self.backbone, support_x.shape[0], self.task_workers, job))
+
+
+def _fusable(weights: list[Tensor], grads: list[Tensor]) -> bool:
+    """Whether ``adam_beta1_zero_step`` takes these: CPU float32/float64 gradients of the weights' dtype
+    (the moments are the weights' ``zeros_like``: same device, dtype and layout)."""
+    return all(
+        w.device.type == "cpu" and w.dtype in (torch.float32, torch.float64) and g.dtype == w.dtype and g.device == w.device
+        for w, g in zip(weights, grads)
+    )
 
 
 class _OrderedSum:

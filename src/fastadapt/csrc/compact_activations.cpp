@@ -10,6 +10,7 @@
 #include "compact_activations.h"
 
 #include "conv_config.h"
+#include "vector_clones.h"
 
 #include <ATen/Parallel.h>
 
@@ -17,13 +18,6 @@
 #include <cstring>
 #include <vector>
 
-// The ReLU loops are compiled for AVX-512, AVX2 and the baseline and picked at run time where GCC can
-// (x86-64 with glibc's IFUNC); elsewhere (Arm, clang, musl, macOS) once for the build's target.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
-#define FASTADAPT_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FASTADAPT_VECTOR_CLONES
-#endif
 
 using torch::Tensor;
 using torch::autograd::AutogradContext;
@@ -101,8 +95,7 @@ struct BatchNormOfConvolution : Function<BatchNormOfConvolution> {
 // input gradient are never alive together. The backward is masked_fill of the gradient, itself
 // differentiable (derivatives of any order).
 // out[i] = zero[i] ? 0 : g[i] over memory laid out alike (dense tensors with equal strides), as
-// bit masks so that the loop vectorises (FASTADAPT_VECTOR_CLONES: the extension is otherwise built
-// for the baseline x86-64).
+// bit masks so that the loop vectorises (FASTADAPT_VECTOR_CLONES, vector_clones.h).
 template <typename scalar_t, typename bits_t>
 FASTADAPT_VECTOR_CLONES void mask_gradient(const scalar_t* g, const bool* zero, scalar_t* out, int64_t n) {
   static_assert(sizeof(scalar_t) == sizeof(bits_t), "one mask word per element");

@@ -12,6 +12,7 @@
 #include <torch/extension.h>
 #include "compact_activations.h"
 #include "conv_config.h"
+#include "fused_update.h"
 #include "tensor_pool.h"
 
 using torch::Tensor;
@@ -260,4 +261,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("batch_norm", &batch_norm, release(), "Training-mode BatchNorm with an explicit double backward.");
   register_tensor_pool(m);
   register_compact_activations(m);
+  register_fused_update(m);
 }
