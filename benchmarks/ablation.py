@@ -1,7 +1,7 @@
 """One learner option at a time: training-step time of a benchmark config with and without it.
 
     python benchmarks/ablation.py CONFIG --base key=value ... --variant NAME key=value ... [--variant ...]
-        [--threads 2] [--steps 10] [--repeats 2] [--pool]
+        [--threads 2] [--steps 10] [--repeats 2] [--pool] [--alternate]
 
 Each variant is the base options plus its own (values parsed as Python literals where they
 can be: ``2``, ``True``, ``"bfloat16"``; ``channels_last=True`` means ``train.channels_last``),
@@ -10,6 +10,10 @@ timed with ``fastadapt.bench.measure`` (same Conv-4, seeded synthetic batches, w
 setting) in a fresh process per variant and repeat, the repeats interleaved so a
 change of machine load hits every variant alike. Prints each variant's median step over the
 repeats and its ratio to the first variant; appends rows to ``results/ablation.jsonl``.
+
+``--alternate``: all variants in one process per repeat, taking steps in turn (the order rotated
+every step), so that a VM whose speed drifts within seconds slows them alike: for an option
+worth a few per cent. Their peak RSS is then the process's, not each variant's (recorded as null).
 
 Example (the MAML speed settings with and without NHWC query passes)::
 
@@ -25,12 +29,13 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from typing import Any
 
 import torch
 from common import append_row, environment
 
-from fastadapt.bench import CONFIGS, learner_backward, measure
+from fastadapt.bench import CONFIGS, TrainingStep, learner_backward, measure
 from fastadapt.runtime import tune_allocator
 from fastadapt.tensor_pool import use_tensor_pool
 
@@ -59,6 +64,27 @@ def child(config: str, options: dict[str, Any], threads: int, steps: int, pool: 
     return {"median_s": statistics.median(m.times), "min_s": min(m.times), "peak_rss_mb": m.peak_rss_mb}
 
 
+def alternate_child(config: str, variants: dict[str, dict[str, Any]], threads: int, steps: int,
+                    pool: bool = False) -> dict[str, dict[str, Any]]:
+    """``child`` for all ``variants`` in this process, one step of each in turn (two untimed first)."""
+    tune_allocator()
+    if pool and not use_tensor_pool():
+        raise RuntimeError("--pool needs fastadapt's C++ extension, which cannot be built here")
+    torch.set_num_threads(threads)
+    bench = CONFIGS[config]
+    stepper = {name: TrainingStep(bench, lambda c, backbone, o=options: learner_backward(c, backbone, **o), 4)
+               for name, options in variants.items()}
+    names, times = list(variants), {name: [] for name in variants}
+    for i in range(2 + steps):
+        for k in range(len(names)):
+            name = names[(i + k) % len(names)]
+            start = time.perf_counter()
+            stepper[name](i)
+            if i >= 2:
+                times[name].append(time.perf_counter() - start)
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "peak_rss_mb": None} for name, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", choices=sorted(CONFIGS))
@@ -68,30 +94,41 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--pool", action="store_true", help="fastadapt's tensor pool as well (the engine's default)")
+    parser.add_argument("--alternate", action="store_true", help="all variants in one process, steps in turn")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.config, json.loads(args.child), args.threads, args.steps, args.pool)))
+        work = alternate_child if args.alternate else child
+        print(json.dumps(work(args.config, json.loads(args.child), args.threads, args.steps, args.pool)))
         return
     base = parse_options(args.base)
     variants = {name: base | parse_options(pairs) for name, *pairs in args.variant}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    flags = ["--threads", str(args.threads), "--steps", str(args.steps)] + ["--pool"] * args.pool
     for _ in range(args.repeats):
+        if args.alternate:
+            command = [sys.executable, __file__, args.config, "--variant", "all", "--alternate", *flags,
+                       "--child", json.dumps(variants)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            for name, result in json.loads(done.stdout.strip().splitlines()[-1]).items():
+                runs[name].append(result)
+            continue
         for name, options in variants.items():
-            command = [sys.executable, __file__, args.config, "--variant", name, "--threads", str(args.threads),
-                       "--steps", str(args.steps), "--child", json.dumps(options)] + ["--pool"] * args.pool
+            command = [sys.executable, __file__, args.config, "--variant", name, *flags, "--child", json.dumps(options)]
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
     first = None
     for name, results in runs.items():
         median = statistics.median(r["median_s"] for r in results)
         first = first or median
-        rss = max(r["peak_rss_mb"] for r in results)
-        print(f"{args.config:20s} {name:16s} {median * 1e3:8.1f} ms  x{first / median:4.2f}  {rss:6.0f} MB  {variants[name]}")
+        rss = None if args.alternate else max(r["peak_rss_mb"] for r in results)
+        memory = "   (one process)" if rss is None else f"{rss:6.0f} MB"
+        print(f"{args.config:20s} {name:16s} {median * 1e3:8.1f} ms  x{first / median:4.2f}  {memory}  {variants[name]}")
         append_row("ablation", environment() | {
             "config": args.config, "variant": name, "options": variants[name], "median_s": median,
             "repeat_medians_s": [r["median_s"] for r in results], "peak_rss_mb": rss, "speedup_vs_first": first / median,
             "steps": args.steps, "repeats": args.repeats, "threads": args.threads, "pool": args.pool,
+            "alternate": args.alternate,
         })
 
 

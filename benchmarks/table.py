@@ -144,8 +144,9 @@ def ablation() -> str:
     for r in read_rows("ablation"):
         options = " ".join(f"{k}={v}" for k, v in r["options"].items()) or "defaults"
         repeats = ", ".join(f"{1e3 * t:.0f}" for t in r["repeat_medians_s"])
+        rss = "one process (alternate)" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
         lines.append(f"| {r['config']} | {r['variant']} | `{options}` | {1e3 * r['median_s']:.1f} ({repeats}) | "
-                     f"{r['speedup_vs_first']:.2f}x | {r['peak_rss_mb']:.0f} | {r['threads']} | {_cpu(r)} | {r['commit']} |")
+                     f"{r['speedup_vs_first']:.2f}x | {rss} | {r['threads']} | {_cpu(r)} | {r['commit']} |")
     return "\n".join(lines)
 
 
@@ -197,6 +198,7 @@ PEER_RUNS: dict[str, tuple[str, ...]] = {
     "peers_xeon_rounds": ("peers-xeon-rounds", "peers-xeon-rounds-protonet"),
     "peers_xeon_compact": ("peers-xeon-compact",), "peers_xeon_compact2": ("peers-xeon-compact2",),
     "peers_xeon_final": ("peers-xeon-final",), "peers_xeon_20w": ("peers-xeon-20w",),
+    "peers_xeon_reptile": ("peers-xeon-reptile", "peers-xeon-reptile5"),
 }
 """Peers tables of one machine's runs: table name -> the results files whose rows it shows."""
 

@@ -335,17 +335,7 @@ def measure(
             measurement window of an external counter).
         flops: count the FLOPs of one step (``False``: ``Measurement.flops`` is 0).
     """
-    backbone = build_backbone(config)
-    backward = make_backward(config, backbone)
-    params = list(backbone.parameters())
-    batches = [synthetic_batch(config, seed) for seed in range(max(1, min(pool, warmup + steps)))]
-    optimizer = outer_optimizer(config, params)
-
-    def step(i: int) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        backward(batches[i % len(batches)])
-        optimizer.step()
-
+    step = TrainingStep(config, make_backward, max(1, min(pool, warmup + steps)))
     times = []
     for i in range(warmup + steps):
         if i == warmup and on_timed_start is not None:
@@ -355,8 +345,24 @@ def measure(
         if i >= warmup:
             times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    optimizer.zero_grad(set_to_none=True)
-    return Measurement(times, count_flops(lambda: backward(batches[0])) if flops else 0, peak)
+    step.optimizer.zero_grad(set_to_none=True)
+    return Measurement(times, count_flops(lambda: step.backward(step.batches[0])) if flops else 0, peak)
+
+
+class TrainingStep:
+    """``measure``'s training step: a fresh backbone, its ``backward``, the config's outer optimiser and
+    ``pool`` seeded meta-batches (seeds ``0..pool-1``); ``step(i)`` takes one step on batch ``i % pool``."""
+
+    def __init__(self, config: BenchConfig, make_backward: Callable[[BenchConfig, nn.Module], Backward], pool: int) -> None:
+        backbone = build_backbone(config)
+        self.backward = make_backward(config, backbone)
+        self.batches = [synthetic_batch(config, seed) for seed in range(pool)]
+        self.optimizer = outer_optimizer(config, list(backbone.parameters()))
+
+    def __call__(self, i: int) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.backward(self.batches[i % len(self.batches)])
+        self.optimizer.step()
 
 
 class BenchResult(NamedTuple):
