@@ -4,6 +4,7 @@ import dataclasses
 import json
 import subprocess
 
+import pytest
 import torch
 from torch import nn
 
@@ -28,8 +29,10 @@ def test_bench_fast_adds_a_row_with_the_speed_settings(capsys):
     assert [r.split(" | ")[0] for r in rows] == ["| reptile-5w", "| reptile-5w (fast)"]
 
 
-def test_bench_lean_adds_rows_only_where_the_speed_settings_have_workers(monkeypatch):
+def test_bench_lean_adds_rows_only_where_they_differ_from_the_fast_ones(monkeypatch):
+    """Without the extension ProtoNet's lean settings are its fast ones (no compact activations)."""
     calls = []
+    monkeypatch.setattr(bench, "kernels_available", lambda: False)
 
     def fake_run(argv, **kwargs):
         calls.append((argv[3], argv[argv.index("--variant") + 1]))
@@ -45,10 +48,12 @@ def test_bench_lean_adds_rows_only_where_the_speed_settings_have_workers(monkeyp
                                            "reptile-5w (lean)"]
 
 
-def test_lean_variant_is_the_speed_settings_without_workers(monkeypatch):
+@pytest.mark.parametrize("available", [True, False])
+def test_lean_variant_is_the_speed_settings_without_workers_or_with_compact_protonet(monkeypatch, available):
     built = []
     monkeypatch.setattr(bench, "learner_backward", lambda config, backbone, channels_last=False, **options:
                         built.append((channels_last, options)))
+    monkeypatch.setattr(bench, "kernels_available", lambda: available)
     for name in ("maml-5w1s-2nd", "reptile-5w"):
         config = bench.CONFIGS[name]
         bench.fast_backward(config, None)
@@ -56,7 +61,17 @@ def test_lean_variant_is_the_speed_settings_without_workers(monkeypatch):
         (fast_layout, fast), (lean_layout, lean) = built[-2:]
         assert bench.has_lean_variant(config) and fast.pop("task_workers") == torch.get_num_threads()
         assert (lean_layout, lean) == (fast_layout, fast)
-    assert not bench.has_lean_variant(bench.CONFIGS["protonet-5w5s"])
+    protonet = bench.CONFIGS["protonet-60w5s"]
+    bench.fast_backward(protonet, None)
+    bench.lean_backward(protonet, None)
+    (fast_layout, fast), (lean_layout, lean) = built[-2:]
+    assert lean_layout == fast_layout is True  # channels-last both
+    assert lean == fast | ({"compact_activations": True} if available else {})
+    assert bench.has_lean_variant(protonet) is available
+    table = format_table([BenchResult("protonet-60w5s (lean)", "episodes", 1, 1, 1.0, 1.0, 1.0, 900.0, 10**9)], 300.0, 2)
+    assert table.splitlines()[-1] == "ProtoNet (lean) rows: " + (
+        "with compact_activations" if available else
+        "without compact_activations (fastadapt's C++ extension does not compile here)")
 
 
 def test_fast_table_says_whether_second_order_maml_ran_the_compiled_kernels(monkeypatch):
@@ -90,7 +105,7 @@ def test_fast_second_order_maml_with_workers_keeps_as_many_step_graphs_as_one_un
     for threads, kept in ((1, None), (2, 2), (3, 1), (4, 1), (5, 1)):
         monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
         assert bench.speed_options(twenty).get("inner_checkpoint") == kept
-        assert "inner_checkpoint" not in bench.speed_options(twenty, workers=False)
+        assert "inner_checkpoint" not in bench.speed_options(twenty, lean=True)
         assert "inner_checkpoint" not in bench.speed_options(bench.CONFIGS["maml-5w1s-2nd"])  # one step: nothing to rebuild
     first_order = dataclasses.replace(twenty, algorithm_args=twenty.algorithm_args | {"first_order": True})
     assert "inner_checkpoint" not in bench.speed_options(first_order)

@@ -1,12 +1,12 @@
-"""fastadapt's speed settings on one worker: ``fastadapt.bench.lean_backward`` (``fastadapt bench --lean``).
+"""fastadapt's speed settings at their memory end: ``fastadapt.bench.lean_backward`` (``fastadapt bench --lean``).
 
-The memory end of the trade-off: the tasks of a meta-batch run one after another on the
-calling thread (two intra-op threads), so one task's graph is alive at a time, as in the
-peers; where the CPU has native bfloat16, bfloat16 query passes keep that graph smaller than theirs.
-MAML: ``precision="bfloat16"`` (where native),
-``query_channels_last`` and, second order, ``second_order_kernels``. ProtoNet's speed settings
-have no workers to drop (``fastadapt-fast`` is its lean variant too); Reptile's without workers
-are ``train.channels_last`` and ``fused_update``.
+MAML and Reptile: the tasks of a meta-batch run one after another on the calling thread (two
+intra-op threads), so one task's graph is alive at a time, as in the peers; where the CPU has
+native bfloat16, bfloat16 query passes keep that graph smaller than theirs. MAML:
+``precision="bfloat16"`` (where native), ``query_channels_last``, ``query_compact_activations``
+and, second order, ``second_order_kernels``; Reptile: ``train.channels_last`` and ``fused_update``.
+ProtoNet (one episode a step, no tasks to split): its fast settings plus ``compact_activations``
+(the first block's largest maps recomputed in the backward instead of kept).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import importlib.metadata
 
 from fastadapt.bench import lean_backward
 
-NOTE = "fastadapt, speed settings without task_workers (one task at a time)"
-BACKWARD = {"maml": lean_backward, "reptile": lean_backward}
+NOTE = "fastadapt, speed settings at their memory end (MAML, Reptile: one task at a time; ProtoNet: compact activations)"
+BACKWARD = {"maml": lean_backward, "reptile": lean_backward, "protonet": lean_backward}
 
 
 def version() -> str:

@@ -161,9 +161,11 @@ def _second_order_maml(config: BenchConfig) -> bool:
     return config.algorithm == "maml" and not config.algorithm_args.get("first_order")
 
 
-def speed_options(config: BenchConfig, workers: bool = True) -> dict[str, Any]:
+def speed_options(config: BenchConfig, lean: bool = False) -> dict[str, Any]:
     """The algorithm arguments of fastadapt's speed settings (README "Speed settings") for ``config``;
-    ``workers=False`` leaves out ``task_workers`` (one task's graph alive at a time).
+    ``lean=True``: the memory end of the trade-off, which leaves out ``task_workers`` (MAML, Reptile:
+    one task's graph alive at a time) and adds ``compact_activations`` (ProtoNet, where the kernels
+    compile: its first block's largest maps recomputed instead of kept, for a slower step).
 
     ``precision="bfloat16"`` (MAML, ProtoNet) only where this CPU has native bfloat16
     (``fastadapt.runtime.native_bfloat16``: AMX-BF16 / AVX512-BF16); elsewhere it is emulated
@@ -179,7 +181,7 @@ def speed_options(config: BenchConfig, workers: bool = True) -> dict[str, Any]:
     where the kernels compile (smaller saved query activations: the memory two workers' graphs
     add); ProtoNet: bfloat16 backbone where
     native (plus channels-last parameters, applied by ``fast_backward``); its one episode per
-    step has no tasks to split.
+    step has no tasks to split, so its lean settings trade speed for memory another way.
     Reptile: ``task_workers`` (plus channels-last parameters: faster convolutions with one
     intra-op thread per worker; it has no reduced-precision option) and ``fused_update`` where the
     kernels compile (the inner Adam step as one compiled pass).
@@ -187,8 +189,10 @@ def speed_options(config: BenchConfig, workers: bool = True) -> dict[str, Any]:
     options: dict[str, Any] = {"maml": {"query_channels_last": True}}.get(config.algorithm, {})
     if config.algorithm in REDUCED_PRECISION and native_bfloat16("cpu"):
         options["precision"] = "bfloat16"
-    if workers and config.algorithm in TASK_WORKERS:
+    if not lean and config.algorithm in TASK_WORKERS:
         options["task_workers"] = torch.get_num_threads()
+    if lean and config.algorithm == "protonet" and kernels_available():
+        options["compact_activations"] = True
     if config.algorithm == "reptile" and kernels_available():
         options["fused_update"] = True
     if config.algorithm == "maml" and kernels_available():
@@ -222,27 +226,28 @@ CHANNELS_LAST = ("protonet", "reptile")
 """Algorithms whose speed settings include ``train.channels_last`` (MAML's double backward is slower with it)."""
 
 
-def fast_backward(config: BenchConfig, backbone: nn.Module, workers: bool = True) -> Backward:
-    """``fastadapt_backward`` with ``speed_options(config, workers)`` (and ``train.channels_last`` for ``CHANNELS_LAST``)."""
-    options = speed_options(config, workers)
+def fast_backward(config: BenchConfig, backbone: nn.Module, lean: bool = False) -> Backward:
+    """``fastadapt_backward`` with ``speed_options(config, lean)`` (and ``train.channels_last`` for ``CHANNELS_LAST``)."""
+    options = speed_options(config, lean)
     return learner_backward(config, backbone, channels_last=config.algorithm in CHANNELS_LAST, **options)
 
 
 def lean_backward(config: BenchConfig, backbone: nn.Module) -> Backward:
-    """``fast_backward`` without ``task_workers``: the tasks of a meta-batch one after another on
-    the calling thread, so one task's graph is alive at a time (the memory end of the trade-off)."""
-    return fast_backward(config, backbone, workers=False)
+    """``fast_backward`` at the memory end of the trade-off (``speed_options(config, lean=True)``):
+    MAML and Reptile without ``task_workers`` (the tasks of a meta-batch one after another on the
+    calling thread, so one task's graph is alive at a time), ProtoNet with compact activations."""
+    return fast_backward(config, backbone, lean=True)
 
 
 VARIANTS: dict[str, Callable[[BenchConfig, nn.Module], Backward]] = {
     "default": fastadapt_backward, "fast": fast_backward, "lean": lean_backward,
 }
-"""The ways ``fastadapt bench`` times a config: defaults, all speed settings, speed settings without workers."""
+"""The ways ``fastadapt bench`` times a config: defaults, all speed settings, their memory end."""
 
 
 def has_lean_variant(config: BenchConfig) -> bool:
-    """Whether ``lean_backward`` differs from ``fast_backward`` for ``config`` (its speed settings have workers)."""
-    return config.algorithm in TASK_WORKERS
+    """Whether ``lean_backward`` differs from ``fast_backward`` for ``config``."""
+    return speed_options(config, lean=True) != speed_options(config)
 
 
 def outer_optimizer(config: BenchConfig, params: Sequence[Tensor]) -> torch.optim.Optimizer:
@@ -499,10 +504,12 @@ def format_table(
             "without second_order_kernels (fastadapt's C++ kernels do not compile here: "
             "pip install 'fastadapt[kernels]' and a C++ compiler)"
         ))
-    for algorithm, label, option in (("maml", "MAML", "query_compact_activations"), ("reptile", "Reptile", "fused_update")):
-        if any(r.config.endswith(("(fast)", "(lean)")) and CONFIGS[r.config.split()[0]].algorithm == algorithm
+    for algorithm, rows, option in (("maml", ("fast", "lean"), "query_compact_activations"),
+                                    ("reptile", ("fast", "lean"), "fused_update"), ("protonet", ("lean",), "compact_activations")):
+        if any(r.config.endswith(tuple(f"({row})" for row in rows)) and CONFIGS[r.config.split()[0]].algorithm == algorithm
                for r in results):
-            lines.append(f"{label} (fast, lean) rows: " + (
+            label = {"maml": "MAML", "reptile": "Reptile", "protonet": "ProtoNet"}[algorithm]
+            lines.append(f"{label} ({', '.join(rows)}) rows: " + (
                 f"with {option}" if kernels_available() else
                 f"without {option} (fastadapt's C++ extension does not compile here)"
             ))

@@ -166,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--fast", action="store_true",
                        help="also time each config with the speed settings (bfloat16 where the CPU has it natively, task workers, channels-last, ...)")
     bench.add_argument("--lean", action="store_true",
-                       help="also time the speed settings without task workers (one task's graph at a time: "
-                            "less memory, slower; MAML and Reptile)")
+                       help="also time the speed settings at their memory end (less memory, slower): MAML and "
+                            "Reptile without task workers (one task's graph at a time), ProtoNet with compact activations")
     bench.set_defaults(handler=_bench)
     return parser
 

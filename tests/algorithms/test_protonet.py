@@ -5,6 +5,8 @@ import torch
 from torch import nn
 
 from fastadapt.algorithms import ProtoNet
+from fastadapt.double_backward import kernels_available
+from fastadapt.models import create_model
 from fastadapt.tasks import EpisodeBatch, TaskSpec
 
 
@@ -67,3 +69,40 @@ def test_auto_precision_backbone_is_float32_where_bfloat16_is_emulated(monkeypat
         expected = ProtoNet(backbone, precision=same_as).predict(batch.support_x, batch.support_y, batch.query_x)
         assert auto.dtype == torch.float32
         torch.testing.assert_close(auto, expected, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not kernels_available(), reason="fastadapt's C++ extension cannot be built here")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_compact_activations_give_the_same_loss_gradients_and_running_statistics(channels_last, monkeypatch):
+    """ProtoNet's Conv-4 (max-pool, BatchNorm updating running statistics), float64: the meta-loss, its
+    gradient and the BatchNorm buffers after the step equal the plain pass's; predictions (no graph)
+    run without the mode."""
+    from fastadapt.algorithms import protonet
+
+    modes = []
+    real = protonet.compact_activations
+    monkeypatch.setattr(protonet, "compact_activations", lambda enabled: modes.append(enabled) or real(enabled))
+    g = torch.Generator().manual_seed(0)
+    spec = TaskSpec(3, 2, 2)
+    batch = EpisodeBatch(torch.randn(1, 6, 1, 28, 28, generator=g, dtype=torch.float64), torch.arange(3).repeat_interleave(2)[None],
+                         torch.randn(1, 6, 1, 28, 28, generator=g, dtype=torch.float64), torch.arange(3).repeat_interleave(2)[None], spec)
+    results = []
+    for compact in (False, True):
+        torch.manual_seed(0)
+        backbone = create_model("conv4", in_channels=1, hidden=8, bn="running", pool="max").double()
+        if channels_last:
+            backbone = backbone.to(memory_format=torch.channels_last)
+        model = ProtoNet(backbone, compact_activations=compact)
+        loss = model.meta_loss(batch).loss
+        grads = torch.autograd.grad(loss, list(backbone.parameters()))
+        assert modes.pop() is compact
+        with torch.no_grad():
+            model.predict(batch.support_x, batch.support_y, batch.query_x)
+        assert modes.pop() is False  # no graph: nothing to keep smaller
+        results.append((loss.detach(), grads, [b.clone() for b in backbone.buffers()]))
+    (loss, grads, buffers), (loss_c, grads_c, buffers_c) = results
+    torch.testing.assert_close(loss_c, loss, rtol=1e-12, atol=0)
+    for a, b in zip(grads_c, grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    for a, b in zip(buffers_c, buffers):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaOutput, infer_ways, register_algorithm, register_temperature
+from fastadapt.compact_activations import compact_activations
+from fastadapt.extension import load_extension
 from fastadapt.functional import cosine_similarity, embed_episodes, prototypes, squared_euclidean
 from fastadapt.runtime import check_precision
 from fastadapt.tasks.spec import EpisodeBatch
@@ -35,6 +38,11 @@ class ProtoNet(nn.Module):
         precision: ``"bfloat16"`` runs the backbone under bfloat16 autocast (distances,
             loss and weights stay float32; ``fastadapt.runtime.compute_precision``);
             ``"auto"`` does so only where the hardware has bfloat16 natively.
+        compact_activations: the backbone pass with a graph keeps smaller activations for its
+            backward (``fastadapt.compact_activations``: a cheap first convolution's output is
+            recomputed under its training-mode BatchNorm instead of kept, ReLUs keep one-byte
+            masks); needs fastadapt's C++ extension. Same gradients up to rounding; the
+            BatchNorm part does not apply under bfloat16 autocast.
     """
 
     def __init__(
@@ -44,12 +52,16 @@ class ProtoNet(nn.Module):
         temperature: float = 1.0,
         learn_temperature: bool = False,
         precision: Literal["float32", "bfloat16", "auto"] = "float32",
+        compact_activations: bool = False,
     ) -> None:
         super().__init__()
         if distance not in DISTANCES:
             raise ValueError(f"unknown distance {distance!r}; choose one of {DISTANCES}")
         check_precision(precision)
         self.backbone, self.distance, self.precision = backbone, distance, precision
+        self.compact_activations = compact_activations
+        if compact_activations:
+            load_extension()  # built or loaded now: a missing compiler fails here, naming what is missing
         register_temperature(self, temperature, learn_temperature)
 
     def embed(self, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
@@ -58,7 +70,8 @@ class ProtoNet(nn.Module):
         Returns:
             ``(B, N_s, D)`` and ``(B, N_q, D)`` (feature maps are flattened).
         """
-        z_support, z_query = embed_episodes(self.backbone, support_x, query_x, self.precision)
+        with compact_activations(self.compact_activations and torch.is_grad_enabled()):
+            z_support, z_query = embed_episodes(self.backbone, support_x, query_x, self.precision)
         return z_support.flatten(2), z_query.flatten(2)
 
     def logits(self, z_support: Tensor, support_y: Tensor, z_query: Tensor, ways: int) -> Tensor:
