@@ -150,6 +150,19 @@ def ablation() -> str:
     return "\n".join(lines)
 
 
+def op_ceiling() -> str:
+    """``benchmarks/op_ceiling.py`` (all rows)."""
+    lines = ["| config | variant | counted GFLOP / step | calls (distinct) | alone, 1 thread: ms (% of its matmul peak) | "
+             "alone, 2 threads: ms (% of its matmul peak) | matmul peak 1 / 2 threads GFLOP/s | cpu | commit |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    for r in read_rows("op_ceiling"):
+        ms, pct, peak = r["alone_ms"], r["ceiling_pct"], r["matmul_gflops"]
+        lines.append(f"| {r['config']} | {r['variant']} | {r['counted_gflop']:.2f} | {r['calls']} ({r['distinct_calls']}) | "
+                     f"{ms['1']:.1f} ({pct['1']:.0f} %) | {ms['2']:.1f} ({pct['2']:.0f} %) | {peak['1']:.0f} / {peak['2']:.0f} | "
+                     f"{_cpu(r)} | {r['commit']} |")
+    return "\n".join(lines)
+
+
 def _cpu(r: dict) -> str:
     """The row's processor, as ``common.environment`` records it (rows before 2026-12-06 did not)."""
     if "cpu" not in r:
@@ -208,7 +221,7 @@ TABLES = {"reproductions": reproductions, "sampling": sampling, "task_batching":
           **{table: lambda files=files: peers(rows=[r for f in files for r in latest_per_setting(f)])
              for table, files in PEER_RUNS.items()},
           "distributed": distributed, "precision": precision, "ablation": ablation, "functional_call": functional_call,
-          "heap": heap, "inner_checkpoint": inner_checkpoint}
+          "heap": heap, "inner_checkpoint": inner_checkpoint, "op_ceiling": op_ceiling}
 
 
 def main() -> None:
