@@ -213,6 +213,7 @@ PEER_RUNS: dict[str, tuple[str, ...]] = {
     "peers_xeon_final": ("peers-xeon-final",), "peers_xeon_20w": ("peers-xeon-20w",),
     "peers_xeon_reptile": ("peers-xeon-reptile",), "peers_xeon_reptile5": ("peers-xeon-reptile5",),
     "peers_xeon_final2": ("peers-xeon-final2",), "peers_xeon_protonet_lean": ("peers-xeon-protonet-lean",),
+    "peers_xeon_final3": ("peers-xeon-final3",),
 }
 """Peers tables of one machine's runs: table name -> the results files whose rows it shows (one run's
 rows per config: "vs best peer" compares all rows of a config and setting in the table)."""
