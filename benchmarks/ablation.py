@@ -30,12 +30,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from common import append_row, environment
+from torch import nn
 
-from fastadapt.bench import CONFIGS, TrainingStep, learner_backward, measure
+from fastadapt.bench import CONFIGS, Backward, BenchConfig, TrainingStep, learner_backward, measure
 from fastadapt.runtime import tune_allocator
 from fastadapt.tensor_pool import use_tensor_pool
 
@@ -54,26 +56,29 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
-def child(config: str, options: dict[str, Any], threads: int, steps: int, pool: bool = False) -> dict[str, Any]:
+def _prepare(threads: int, pool: bool) -> None:
+    """A child process's allocator (``tune_allocator``, ``--pool``: the tensor pool) and threads."""
     tune_allocator()
     if pool and not use_tensor_pool():
         raise RuntimeError("--pool needs fastadapt's C++ extension, which cannot be built here")
     torch.set_num_threads(threads)
-    bench = CONFIGS[config]
-    m = measure(bench, lambda c, backbone: learner_backward(c, backbone, **options), steps=steps, warmup=2)
+
+
+def _learner(options: dict[str, Any]) -> Callable[[BenchConfig, nn.Module], Backward]:
+    return lambda config, backbone: learner_backward(config, backbone, **options)
+
+
+def child(config: str, options: dict[str, Any], threads: int, steps: int, pool: bool = False) -> dict[str, Any]:
+    _prepare(threads, pool)
+    m = measure(CONFIGS[config], _learner(options), steps=steps, warmup=2)
     return {"median_s": statistics.median(m.times), "min_s": min(m.times), "peak_rss_mb": m.peak_rss_mb}
 
 
 def alternate_child(config: str, variants: dict[str, dict[str, Any]], threads: int, steps: int,
                     pool: bool = False) -> dict[str, dict[str, Any]]:
     """``child`` for all ``variants`` in this process, one step of each in turn (two untimed first)."""
-    tune_allocator()
-    if pool and not use_tensor_pool():
-        raise RuntimeError("--pool needs fastadapt's C++ extension, which cannot be built here")
-    torch.set_num_threads(threads)
-    bench = CONFIGS[config]
-    stepper = {name: TrainingStep(bench, lambda c, backbone, o=options: learner_backward(c, backbone, **o), 4)
-               for name, options in variants.items()}
+    _prepare(threads, pool)
+    stepper = {name: TrainingStep(CONFIGS[config], _learner(options), 4) for name, options in variants.items()}
     names, times = list(variants), {name: [] for name in variants}
     for i in range(2 + steps):
         for k in range(len(names)):

@@ -29,13 +29,11 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE)]
 
 import torch  # noqa: E402
-from common import append_row, environment  # noqa: E402
+from common import append_row, environment, with_tensor_pool  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from fastadapt.bench import CONFIGS, build_backbone, fast_backward, lean_backward, matmul_peak, synthetic_batch  # noqa: E402
-from fastadapt.runtime import tune_allocator  # noqa: E402
-from fastadapt.tensor_pool import use_tensor_pool  # noqa: E402
 
 aten = torch.ops.aten
 COUNTED = {aten.convolution.default, aten.convolution_backward.default, aten.mm.default, aten.addmm.default,
@@ -111,8 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", choices=["fast", "lean"], default="fast")
     parser.add_argument("--top", type=int, default=4, help="most expensive calls shown per config")
     args = parser.parse_args(argv)
-    tune_allocator()
-    use_tensor_pool()
+    with_tensor_pool()
     peaks = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)

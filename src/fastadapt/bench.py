@@ -504,11 +504,11 @@ def format_table(
             "without second_order_kernels (fastadapt's C++ kernels do not compile here: "
             "pip install 'fastadapt[kernels]' and a C++ compiler)"
         ))
-    for algorithm, rows, option in (("maml", ("fast", "lean"), "query_compact_activations"),
-                                    ("reptile", ("fast", "lean"), "fused_update"), ("protonet", ("lean",), "compact_activations")):
+    for algorithm, label, rows, option in (("maml", "MAML", ("fast", "lean"), "query_compact_activations"),
+                                           ("reptile", "Reptile", ("fast", "lean"), "fused_update"),
+                                           ("protonet", "ProtoNet", ("lean",), "compact_activations")):
         if any(r.config.endswith(tuple(f"({row})" for row in rows)) and CONFIGS[r.config.split()[0]].algorithm == algorithm
                for r in results):
-            label = {"maml": "MAML", "reptile": "Reptile", "protonet": "ProtoNet"}[algorithm]
             lines.append(f"{label} ({', '.join(rows)}) rows: " + (
                 f"with {option}" if kernels_available() else
                 f"without {option} (fastadapt's C++ extension does not compile here)"

@@ -3,8 +3,9 @@
 // (torch.optim.Adam's step; fastadapt/algorithms/reptile.py derives the form). The torch._foreach
 // version is five passes over the parameters, each a loop of per-tensor ATen calls on CPU (with a
 // scalar wrapped into a tensor for some), plus a temporary of the parameters' size for sqrt(v): on
-// the benchmarks' Conv-4 (18 tensors, 113k elements) ~200 us a step, most of it per-call overhead.
-// Here one pass, vectorised, in place, without the GIL.
+// the benchmarks' Conv-4 (18 tensors, 113k elements) 200-400 us a step, against 55-70 us for this
+// pass (ad hoc timings of Reptile._update and of this kernel, 1 thread, AVX-512 Xeon; the step-level
+// effect is measured in benchmarks/README.md). Here one pass, vectorised, in place, without the GIL.
 #include "fused_update.h"
 
 #include "vector_clones.h"
